@@ -1,0 +1,1 @@
+"""ibgw-fsm: an explicit state machine that owns one IB Gateway connection."""
