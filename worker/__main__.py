@@ -1,0 +1,254 @@
+"""`python -m worker [--label TEXT]`: the only process where ib_async runs.
+
+JSON lines: requests on stdin, one response per request and unsolicited events on stdout, logs on
+stderr only. One asyncio loop: stdin is read without blocking the loop, each request runs as its
+own task (a slow connect never holds up `status`), and every response is written and flushed as
+one line as soon as it is ready.
+
+Lifecycle: install the disconnect guard, emit `ready`, serve. On stdin EOF: finish the requests
+already read, write their answers, then os._exit(0) — the session's socket is closed by the
+kernel at process exit, never by ib_async (and no interpreter finaliser gets a chance to try).
+
+ib_async's client-side pacing (Client.MaxRequests = 45 messages per RequestsInterval = 1 s) is left
+on, as IB requires; a burst above it is delayed, not refused (`status` reports the pacing values
+and how often it throttled).
+
+Environment: IBGW_WORKER_LOG_LEVEL (default INFO) for the stderr log; IBGW_WORKER_MIN_SESSION
+(default 1.0 s): at EOF a session younger than this is kept until it is that old (no fast close).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import stat
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, BinaryIO
+
+from worker.protocol import (
+    MAX_LINE_BYTES, PROTOCOL_VERSION, Code, Event, EventName, ProtocolError, Request, Response,
+    decode_command, encode, event, failure, success,
+)
+
+if TYPE_CHECKING:      # worker.session imports ib_async + the guard: only after main()'s check
+    from worker.session import Session
+
+log = logging.getLogger("worker")
+
+CHUNK = 1 << 16
+DEFAULT_MIN_SESSION = 1.0     # s; IBGW_WORKER_MIN_SESSION overrides (see linger())
+
+
+class StdoutGone(Exception):
+    """The reader of our stdout has gone: nobody can receive answers any more."""
+
+
+class Worker:
+    """Line dispatch: decode, run the handler as a task, write exactly one response."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        from worker.handlers import Context, registry
+        from worker.session import Session
+
+        self._out = out
+        self.registry = registry
+        self._params_map = registry.params_map()
+        self.ctx = Context(session=Session(self.emit))
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def write(self, msg: Response | Event) -> None:
+        try:
+            self._out.write(encode(msg))
+            self._out.flush()
+        except (BrokenPipeError, ValueError, OSError) as exc:
+            raise StdoutGone(str(exc)) from exc
+
+    def emit(self, msg: Event) -> None:
+        """For ib_async callbacks: never raise into ib_async's event machinery."""
+        try:
+            self.write(msg)
+        except StdoutGone:
+            log.error("stdout is gone; exiting")
+            _exit(1)
+
+    def handle_line(self, line: bytes) -> None:
+        try:
+            req, params = decode_command(line, self._params_map)
+        except ProtocolError as exc:
+            self.ctx.counters.rejected += 1
+            self.write(exc.to_response())
+            return
+        self.ctx.counters.requests += 1
+        self.ctx.counters.in_flight += 1
+        task = asyncio.ensure_future(self._run(req, params))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def line_too_long(self, size: int) -> None:
+        self.ctx.counters.rejected += 1
+        self.write(failure(Code.LINE_TOO_LONG,
+                           f"line longer than {MAX_LINE_BYTES} bytes (read {size} so far); "
+                           f"the rest of it is discarded"))
+
+    async def _run(self, req: Request, params: object) -> None:
+        from worker.session import CommandError
+
+        cmd = self.registry.get(req.command)
+        assert cmd is not None
+        try:
+            data = await cmd.handler(self.ctx, params)
+            resp = success(data, id=req.id)
+            self.ctx.counters.succeeded += 1
+        except CommandError as exc:
+            resp = failure(exc.code, exc.message, id=req.id, ib_code=exc.ib_code)
+            self.ctx.counters.failed += 1
+        except Exception as exc:  # noqa: BLE001 - a request always gets an answer
+            log.exception("%s failed", req.command)
+            resp = failure(Code.INTERNAL_ERROR, f"{req.command}: {type(exc).__name__}: {exc}",
+                           id=req.id)
+            self.ctx.counters.failed += 1
+        finally:
+            self.ctx.counters.in_flight -= 1
+        try:
+            self.write(resp)
+        except StdoutGone:
+            log.error("stdout is gone; exiting")
+            _exit(1)
+
+    async def drain(self) -> None:
+        """Wait for every request already read (each is bounded by its own timeout)."""
+        while self.tasks:
+            await asyncio.wait(set(self.tasks))
+
+
+async def read_lines(read: Callable[[], Awaitable[bytes]], on_line: Callable[[bytes], None],
+                     on_too_long: Callable[[int], None]) -> None:
+    """Split chunks into lines; a line over MAX_LINE_BYTES is reported at once and skipped."""
+    buf = bytearray()
+    discarding = False
+    while chunk := await read():
+        start = 0
+        while True:
+            nl = chunk.find(b"\n", start)
+            if nl < 0:
+                if not discarding:
+                    buf += chunk[start:]
+                    if len(buf) > MAX_LINE_BYTES:
+                        on_too_long(len(buf))
+                        buf.clear()
+                        discarding = True
+                break
+            if discarding:
+                discarding = False
+            else:
+                buf += chunk[start:nl]
+                if len(buf) > MAX_LINE_BYTES:
+                    on_too_long(len(buf))
+                else:
+                    on_line(bytes(buf))
+                buf.clear()
+            start = nl + 1
+    if buf and not discarding:
+        on_line(bytes(buf))
+
+
+async def stdin_reader() -> Callable[[], Awaitable[bytes]]:
+    """An asyncio stream reader when stdin is a pipe or socket (the manager's case).
+
+    A regular file, /dev/null (epoll refuses both) or a terminal (the pipe transport would leave
+    it non-blocking for the shell) is read by a thread instead.
+    """
+    loop = asyncio.get_running_loop()
+    fd = sys.stdin.fileno()
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+        reader = asyncio.StreamReader(limit=MAX_LINE_BYTES + 1, loop=loop)
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop),
+                                     sys.stdin.buffer)
+        return lambda: reader.read(CHUNK)
+    return lambda: loop.run_in_executor(None, os.read, fd, CHUNK)
+
+
+async def serve(out: BinaryIO) -> int:
+    import ib_async
+
+    worker = Worker(out)
+    worker.write(event(EventName.READY, {"pid": os.getpid(), "ib_async": ib_async.__version__,
+                                         "protocol": PROTOCOL_VERSION}))
+    read = await stdin_reader()
+    await read_lines(read, worker.handle_line, worker.line_too_long)
+    log.info("stdin closed; answering %d request(s) in flight, then exiting",
+             len(worker.tasks))
+    await worker.drain()
+    await linger(worker.ctx.session)
+    return 0
+
+
+def min_session_at_exit() -> float:
+    try:
+        return max(0.0, float(os.environ.get("IBGW_WORKER_MIN_SESSION", DEFAULT_MIN_SESSION)))
+    except ValueError:
+        return DEFAULT_MIN_SESSION
+
+
+async def linger(session: Session) -> None:
+    """Never close a session within MIN_SESSION of its handshake, even at EOF.
+
+    A close ~100 ms after a handshake is what turned the Gateway's API layer RED in the original
+    report; a one-shot `echo ... | python -m worker` would do exactly that without this.
+    """
+    if session.connected and session.connected_at is not None:
+        left = session.connected_at + min_session_at_exit() - time.monotonic()
+        if left > 0:
+            log.info("session is %.0f ms old: keeping it %.0f ms more before exiting",
+                     (time.monotonic() - session.connected_at) * 1000, left * 1000)
+            await asyncio.sleep(left)
+
+
+def _exit(code: int) -> None:
+    """Flush and leave without running finalisers (nothing may close the socket but the kernel)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001
+            pass
+    logging.shutdown()
+    os._exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__.split("\n")[0])
+    parser.add_argument("--label", default="", help="ignored; shows in ps (ibgw-fsm:host:port:id)")
+    parser.parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr, format="%(asctime)s worker[%(process)d] %(levelname)s %(name)s: %(message)s",
+        level=os.environ.get("IBGW_WORKER_LOG_LEVEL", "INFO").upper())
+    try:
+        from worker import guard
+    except RuntimeError as exc:          # GuardVersionError: wrong ib_async
+        log.critical("%s", exc)
+        _exit(3)
+    guard.install()
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    code = 0
+    try:
+        code = loop.run_until_complete(serve(sys.stdout.buffer))
+    except StdoutGone as exc:
+        log.error("stdout is gone (%s); exiting", exc)
+        code = 1
+    except KeyboardInterrupt:
+        code = 130
+    except BaseException:  # noqa: BLE001
+        log.exception("worker crashed")
+        code = 2
+    # Not loop.close()/asyncio.run cleanup: leave every transport to the kernel at exit.
+    _exit(code)
+
+
+if __name__ == "__main__":
+    main()
