@@ -1,0 +1,59 @@
+"""The errors ibgw-fsm raises on purpose, so callers can catch them by kind."""
+
+from __future__ import annotations
+
+
+class IbgwError(Exception):
+    """Base class: everything below can be caught as one."""
+
+
+class SettingsError(IbgwError, ValueError):
+    """A setting is invalid; the message names the env variable or field it came from."""
+
+
+class DisconnectForbidden(IbgwError):
+    """Raised instead of disconnecting: a session must never be closed from inside."""
+
+    def __init__(
+        self,
+        message: str = "sessions end only by process exit — call shutdown() instead of disconnect()",
+    ) -> None:
+        super().__init__(message)
+
+
+class InvalidEvent(IbgwError):
+    """The core does not accept this event now; its state is unchanged."""
+
+    def __init__(self, event: str, state: str, detail: str) -> None:
+        super().__init__(f"{event} is not valid in {state}: {detail}")
+        self.event = event
+        self.state = state
+
+
+class NotConnected(IbgwError):
+    """A request needs a session and there is none (or none came within `wait`)."""
+
+
+class WorkerDied(IbgwError):
+    """The worker process exited while the request was in flight."""
+
+
+class RequestTimeout(IbgwError):
+    """The request got no answer within its timeout."""
+
+
+class BadRequest(IbgwError):
+    """The worker rejected the request as malformed (wrong params, unknown command...)."""
+
+
+class GatewayError(IbgwError):
+    """The Gateway (or ib_async) answered with an error code."""
+
+    def __init__(self, code: int | str, message: str) -> None:
+        super().__init__(f"[{code}] {message}")
+        self.code = code
+        self.message = message
+
+
+class AlreadyRunning(IbgwError):
+    """Another live manager holds the lock for this host/port/client id."""

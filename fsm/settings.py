@@ -1,0 +1,185 @@
+"""Connection settings: one frozen value, validated once, read from the environment or code.
+
+Durations are float seconds here (what people type); the core converts them to integer ns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import SettingsError
+
+MIN_HANDSHAKE_TIMEOUT = 30.0
+"""Shorter handshake budgets were one of the original bugs: a busy Gateway needs up to 30 s."""
+
+ENV_VARS: dict[str, str] = {
+    "host": "IBKR_HOST",
+    "port": "IBKR_PORT",
+    "client_id": "IBKR_CLIENT_ID",
+    "readonly": "IBKR_READONLY",
+    "handshake_timeout": "IBKR_TIMEOUT",
+    "state_dir": "IBGW_STATE_DIR",
+}
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+_DURATIONS = (
+    "handshake_timeout", "spawn_timeout", "probe_interval", "probe_timeout", "backoff_initial",
+    "backoff_max", "stable_period", "min_session", "retire_grace", "kill_grace", "request_timeout",
+)
+
+
+def default_state_dir(env: Mapping[str, str] | None = None) -> Path:
+    """$XDG_STATE_HOME/ibgw, else ~/.local/state/ibgw (XDG: relative paths are ignored)."""
+    env = os.environ if env is None else env
+    base = env.get("XDG_STATE_HOME", "")
+    root = Path(base) if os.path.isabs(base) else Path.home() / ".local" / "state"
+    return root / "ibgw"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything one connection manager needs; invalid values never get past construction."""
+
+    host: str = "127.0.0.1"
+    port: int = 4002
+    client_id: int = 1
+    readonly: bool = True
+    handshake_timeout: float = 30.0
+    spawn_timeout: float = 20.0
+    probe_interval: float = 10.0
+    probe_timeout: float = 5.0
+    backoff_initial: float = 1.0
+    backoff_multiplier: float = 1.6
+    backoff_jitter: float = 0.2
+    backoff_max: float = 120.0
+    stable_period: float = 60.0
+    min_session: float = 5.0
+    retire_grace: float = 2.0
+    kill_grace: float = 2.0
+    request_timeout: float = 30.0
+    state_dir: Path = field(default_factory=default_state_dir)
+
+    def __post_init__(self) -> None:
+        for name in _DURATIONS + ("backoff_multiplier", "backoff_jitter"):
+            value = getattr(self, name)
+            if type(value) is int:  # 30 means 30.0; bool is not a duration
+                object.__setattr__(self, name, float(value))
+        if isinstance(self.state_dir, str):
+            object.__setattr__(self, "state_dir", Path(self.state_dir))
+        for f in dataclasses.fields(self):
+            _check(f.name, getattr(self, f.name), f.name)
+        if self.backoff_max < self.backoff_initial:
+            raise SettingsError(
+                f"backoff_max={self.backoff_max!r} is below backoff_initial={self.backoff_initial!r}"
+            )
+        if self.probe_timeout >= self.probe_interval:
+            raise SettingsError(
+                f"probe_timeout={self.probe_timeout!r} must be shorter than "
+                f"probe_interval={self.probe_interval!r}: one probe times out before the next is due"
+            )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read IBKR_HOST, IBKR_PORT, IBKR_CLIENT_ID, IBKR_READONLY, IBKR_TIMEOUT, IBGW_STATE_DIR;
+        keyword overrides win over the environment."""
+        env = os.environ if env is None else env
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise SettingsError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        values: dict[str, Any] = {"state_dir": default_state_dir(env)}
+        for name, var in ENV_VARS.items():
+            raw = env.get(var)
+            if raw is not None:
+                values[name] = _parse(name, var, raw)
+        values.update(overrides)
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with `changes`, validated like the constructor."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise SettingsError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **changes)
+
+
+def _parse(name: str, var: str, raw: str) -> Any:
+    """Turn one env string into a typed, checked value; errors name the variable."""
+    text = raw.strip()
+    value: Any
+    if name in ("port", "client_id"):
+        try:
+            value = int(text)
+        except ValueError:
+            raise SettingsError(f"{var}={raw!r} {_PROBLEM[name]}") from None
+    elif name == "readonly":
+        if text.lower() in _TRUE:
+            value = True
+        elif text.lower() in _FALSE:
+            value = False
+        else:
+            raise SettingsError(f"{var}={raw!r} {_PROBLEM[name]}")
+    elif name == "handshake_timeout":
+        try:
+            value = float(text)
+        except ValueError:
+            raise SettingsError(f"{var}={raw!r} is not a number of seconds") from None
+    elif name == "state_dir":
+        value = Path(text) if text else ""
+    else:
+        value = text
+    _check(name, value, var, raw)
+    return value
+
+
+_PROBLEM = {
+    "host": "is not a host name or address",
+    "port": "is not a port number (1-65535)",
+    "client_id": "is not a client id (an integer 0-2147483647)",
+    "readonly": "is not a boolean (true/false, 1/0, yes/no, on/off)",
+    "state_dir": "is not a directory path",
+    "backoff_multiplier": "is not a multiplier (a finite number >= 1)",
+    "backoff_jitter": "is not a jitter fraction (0 <= jitter < 1)",
+}
+
+
+def _check(name: str, value: Any, label: str, shown: Any = None) -> None:
+    """Raise SettingsError naming `label` (env var or field) if `value` is not valid for `name`."""
+    shown = value if shown is None else shown
+    if name in _DURATIONS:
+        if not _is_number(value) or not math.isfinite(value):
+            raise SettingsError(f"{label}={shown!r} is not a finite number of seconds")
+        if name == "handshake_timeout" and value < MIN_HANDSHAKE_TIMEOUT:
+            raise SettingsError(
+                f"{label}={shown!r} is below the {MIN_HANDSHAKE_TIMEOUT:g} s minimum handshake "
+                "timeout: a busy Gateway can take that long, and shorter budgets caused "
+                "false 'API connection failed: TimeoutError' reports"
+            )
+        if value <= 0:
+            raise SettingsError(f"{label}={shown!r} must be a positive number of seconds")
+        return
+    ok = {
+        "host": lambda v: isinstance(v, str) and v != "" and not any(c.isspace() for c in v),
+        "port": lambda v: _is_int(v) and 1 <= v <= 65535,
+        "client_id": lambda v: _is_int(v) and 0 <= v <= 2**31 - 1,
+        "readonly": lambda v: isinstance(v, bool),
+        "state_dir": lambda v: isinstance(v, Path) and str(v) != "",
+        "backoff_multiplier": lambda v: _is_number(v) and math.isfinite(v) and v >= 1,
+        "backoff_jitter": lambda v: _is_number(v) and 0 <= v < 1,
+    }[name](value)
+    if not ok:
+        raise SettingsError(f"{label}={shown!r} {_PROBLEM[name]}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
