@@ -26,6 +26,7 @@ changes nothing, not even the due expiries: a failed guard is never a silent no-
 
 from __future__ import annotations
 
+import logging
 import random
 from collections import deque
 from dataclasses import dataclass
@@ -201,6 +202,10 @@ _REASON_OF = {
     "connectivity_lost": Reason.connectivity_lost,
 }
 
+# transitions logs every callback at INFO: at ~10 callbacks per event that floods an embedding
+# trader's logs. Our own history and the manager's log lines say what happened.
+logging.getLogger("transitions.core").setLevel(logging.WARNING)
+
 HISTORY_LIMIT = 10_000
 """Newest transitions kept; a flapping connection at max backoff makes ~3 000 a day."""
 
@@ -272,7 +277,7 @@ class _Model:
         # backoff and counters
         self.failures = 0
         self.backoff_s = 0.0
-        self.entered_at = 0
+        self.entered_at: int | None = None  # None until the first transition: no IDLE time since boot
         self.time_in = dict.fromkeys(State, 0)
         self.history: deque[Transition] = deque(maxlen=HISTORY_LIMIT)
         self.attempts = self.sessions = self.retries = self.red_episodes = 0
@@ -460,7 +465,8 @@ class _Model:
             reason = Reason.shutdown
         else:
             reason = self.prev_reason
-        self.time_in[self.source] += self.now - self.entered_at
+        if self.entered_at is not None:
+            self.time_in[self.source] += self.now - self.entered_at
         self.entered_at = self.now
         self.history.append(Transition(self.now, self.source, self.event, self.state, reason))
 
@@ -538,7 +544,8 @@ class ConnectionCore:
         """Counters and durations (ns) for status files and dashboards; JSON-ready."""
         m = self._m
         time_in = {s.value: t for s, t in m.time_in.items()}
-        time_in[m.state.value] += max(0, now - m.entered_at)
+        if m.entered_at is not None:
+            time_in[m.state.value] += max(0, now - m.entered_at)
         return {
             "state": m.state.value,
             "reason": m.reason.value if m.reason else None,
