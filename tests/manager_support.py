@@ -1,0 +1,206 @@
+"""Shared helpers for the manager tests (no tests here): settings, waits, invariants, timings."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+import psutil
+import pytest
+
+from fsm.core import State
+from fsm.manager import ConnectionManager
+from fsm.settings import Settings
+from fsm.status import read_status, status_path
+from fsm.zombies import lock_path, worker_label
+from gatewaysim import GatewaySim
+
+FAST_CLOSE_WINDOW = 0.25  # the sim's red_on_fast_close window; settings.min_session is longer
+RECOVERIES: list[tuple[str, str, float]] = []  # (test, what, seconds), printed at the end
+
+
+@pytest.fixture(scope="module", autouse=False)
+def report_recoveries(request: pytest.FixtureRequest):
+    """Print the recovery times measured by a module's tests at its end."""
+    start = len(RECOVERIES)
+    yield
+    tr = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    rows = RECOVERIES[start:]
+    if tr is None or capture is None or not rows:
+        return
+    with capture.global_and_fixture_disabled():
+        tr.write_line("")
+        tr.write_line(f"recovery times ({request.module.__name__}):")
+        for name, what, secs in rows:
+            tr.write_line(f"  {secs:7.3f} s  {what:<42} {name}")
+
+
+def fast_settings(state_dir: Path, port: int, client_id: int = 7, **overrides: Any) -> Settings:
+    """Short timers so faults recover in about a second; handshake stays at the 30 s floor.
+
+    The default min_session (0.4 s) is longer than FAST_CLOSE_WINDOW: a manager that kept its
+    own rule can never turn the simulator RED."""
+    values: dict[str, Any] = dict(
+        port=port,
+        client_id=client_id,
+        probe_interval=0.4,
+        probe_timeout=0.3,
+        backoff_initial=0.2,
+        backoff_multiplier=1.6,
+        backoff_jitter=0.2,
+        backoff_max=1.0,
+        stable_period=3.0,
+        min_session=0.4,
+        retire_grace=0.4,
+        kill_grace=0.4,
+        spawn_timeout=15.0,
+        request_timeout=5.0,
+        state_dir=state_dir,
+    )
+    values.update(overrides)
+    return Settings(**values)
+
+
+async def poll_until(pred: Callable[[], bool], timeout: float, what: str = "condition") -> None:
+    """Wait for a condition on in-process objects, checked every 10 ms, failing at a deadline."""
+    with anyio.fail_after(timeout):
+        while not pred():
+            await anyio.sleep(0.01)
+    assert pred(), what
+
+
+def connected_at_ns(m: ConnectionManager, after_ns: int) -> int:
+    """When the first transition into CONNECTED after `after_ns` happened (core clock)."""
+    for t in m.history:
+        if t.dest == State.CONNECTED and t.at_ns >= after_ns:
+            return t.at_ns
+    raise AssertionError(f"no CONNECTED after {after_ns}: {list(m.history)[-8:]}")
+
+
+def record(name: str, what: str, start_ns: int, end_ns: int) -> float:
+    seconds = (end_ns - start_ns) / 1e9
+    RECOVERIES.append((name, what, seconds))
+    return seconds
+
+
+async def await_recovery(m: ConnectionManager, name: str, what: str, start_ns: int,
+                         timeout: float = 20.0) -> float:
+    """Wait until CONNECTED again after a fault injected at start_ns; record how long it took."""
+    await poll_until(lambda: any(t.dest == State.CONNECTED and t.at_ns >= start_ns
+                                 for t in m.history), timeout, f"recovery from {what}")
+    await m.wait_connected(timeout)
+    return record(name, what, start_ns, connected_at_ns(m, start_ns))
+
+
+async def session_older_than_window(m: ConnectionManager) -> None:
+    """Wait for the current session to be probed once: it is then probe_interval old, longer than
+    the sim's fast-close window, so a test-made crash cannot count as a fast close."""
+    await m.wait_connected(20)
+    since = [t.at_ns for t in m.history if t.dest == State.CONNECTED][-1]
+    base = m.metrics()["probes_sent"]
+    await poll_until(lambda: m.metrics()["probes_sent"] > base, 10, "a probe in this session")
+    assert (time.monotonic_ns() - since) / 1e9 > FAST_CLOSE_WINDOW
+
+
+def our_worker_children() -> list[psutil.Process]:
+    """Worker processes that are children of this test process (a leak if any after shutdown)."""
+    out = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            cmd = p.cmdline()
+        except psutil.Error:
+            continue
+        if any(a.startswith("ibgw-fsm:") for a in cmd):
+            out.append(p)
+    return out
+
+
+async def assert_session_invariants(m: ConnectionManager, sim: GatewaySim, client_id: int) -> None:
+    """CONNECTED with the one client id, and the sim sees exactly our worker holding it."""
+    await m.wait_connected(20)
+    assert m.state == State.CONNECTED
+    assert m.client_id == client_id
+    await sim.wait_until(
+        lambda s: [x.client_id for x in s.sessions if x.handshaken] == [client_id], 10
+    )
+    (session,) = [x for x in sim.sessions if x.handshaken]
+    await poll_until(lambda: session.pid() is not None, 5, "sim knows the session's pid")
+    assert session.pid() == m.worker_pid
+    assert sim.client_ids_seen == {client_id}
+
+
+async def assert_clean_exit(m: ConnectionManager, sim: GatewaySim | None,
+                            *, fast_close_expected: bool = False) -> None:
+    """After shutdown: IDLE, no worker left, lock released, status stopped; the sim saw no
+    close by a live process (no disconnect) and, unless told otherwise, no fast close."""
+    s = m.settings
+    assert m.state == State.IDLE
+    assert m.worker_pid is None
+    assert our_worker_children() == []
+    assert not lock_path(s.state_dir, s.host, s.port, s.client_id).exists()
+    snap = read_status(status_path(s.state_dir, s.host, s.port, s.client_id))
+    assert snap is not None and snap["stopped"] is True and snap["state"] == "IDLE"
+    assert snap["manager_alive"] is False
+    if sim is None:
+        return
+    await sim.wait_until(lambda x: len(x.client_closes) >= x.counters.client_closes, 10)
+    live = [c for c in sim.client_closes if c.peer_alive is True]
+    assert live == [], f"a live process closed its socket (a disconnect): {live}"
+    if not fast_close_expected:
+        assert sim.counters.fast_closes == 0, sim.client_closes
+        assert sim.green
+
+
+async def start_stale_worker(host: str, port: int, client_id: int) -> anyio.abc.Process:
+    """A real `python -m worker` with our label, as a killed manager would have left it."""
+    proc = await anyio.open_process(
+        [sys.executable, "-m", "worker", "--label", worker_label(host, port, client_id)],
+        stderr=subprocess.DEVNULL,
+    )
+    line = await _read_line(proc)
+    assert json.loads(line)["event"] == "ready"
+    return proc
+
+
+async def _read_line(proc: anyio.abc.Process) -> bytes:
+    assert proc.stdout is not None
+    buf = b""
+    with anyio.fail_after(20):
+        while not buf.endswith(b"\n"):
+            buf += await proc.stdout.receive(1)
+    return buf
+
+
+async def stale_worker_connect(proc: anyio.abc.Process, host: str, port: int,
+                               client_id: int) -> dict[str, Any]:
+    assert proc.stdin is not None
+    msg = {"id": 1, "command": "connect",
+           "params": {"host": host, "port": port, "client_id": client_id, "timeout": 30}}
+    await proc.stdin.send(json.dumps(msg).encode() + b"\n")
+    while True:
+        out = json.loads(await _read_line(proc))
+        if out.get("id") == 1:
+            return out
+
+
+def write_dead_manager_lock(state_dir: Path, host: str, port: int, client_id: int,
+                            worker_pid: int) -> Path:
+    """The lock file exactly as a manager killed with SIGKILL leaves it (no flock held)."""
+    dead = psutil.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    path = lock_path(state_dir, host, port, client_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({
+        "manager_pid": dead.pid, "worker_pid": worker_pid,
+        "worker_create_time": psutil.Process(worker_pid).create_time(),
+        "host": host, "port": port, "client_id": client_id,
+    }))
+    return path

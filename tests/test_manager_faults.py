@@ -1,0 +1,317 @@
+"""The fault matrix: real worker, real ib_async, real TCP to gatewaysim, asyncio and trio.
+
+Every fault ends CONNECTED with the same client id; the simulator never sees a live process
+close its socket (no disconnect); no fast close turns it RED; no worker, lock or live status is
+left behind. Recovery times are measured on the core's clock and printed at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import anyio
+import psutil
+import pytest
+
+from fsm.core import Reason, State
+from fsm.errors import NotConnected, WorkerDied
+from fsm.manager import ConnectionManager, Notice
+from fsm.zombies import lock_path
+from gatewaysim import Faults, GatewaySim
+from manager_support import (
+    FAST_CLOSE_WINDOW,
+    assert_clean_exit,
+    assert_session_invariants,
+    await_recovery,
+    fast_settings,
+    poll_until,
+    record,
+    report_recoveries,  # noqa: F401 - module fixture
+    session_older_than_window,
+    stale_worker_connect,
+    start_stale_worker,
+    write_dead_manager_lock,
+)
+
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("report_recoveries")]
+
+CID = 7
+HOST = "127.0.0.1"
+
+
+def watched() -> Faults:
+    return Faults(red_on_fast_close=FAST_CLOSE_WINDOW)
+
+
+def label(request: pytest.FixtureRequest) -> str:
+    return request.node.name
+
+
+async def test_gateway_down_at_start(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    async with GatewaySim(faults=watched()) as sim:
+        sim.down_for(1.0)
+        async with ConnectionManager(fast_settings(tmp_path, sim.port, CID)) as m:
+            await m.wait_for(State.DEGRADED_RED, 15)
+            assert m.reason == Reason.refused
+            await sim.wait_until(lambda x: x.listening, 10)
+            up_ns = int([e for e in sim.events if e.kind == "up"][-1].at * 1e9)
+            await await_recovery(m, label(request), "gateway back up -> CONNECTED", up_ns)
+            await assert_session_invariants(m, sim, CID)
+            assert m.metrics()["red_by_reason"]["refused"] >= 1
+        await assert_clean_exit(m, sim)
+
+
+async def test_worker_sigkill_fails_inflight_requests_then_respawns(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    async with GatewaySim(faults=watched()) as sim:
+        async with ConnectionManager(fast_settings(tmp_path, sim.port, CID)) as m:
+            await session_older_than_window(m)
+            old = m.worker_pid
+            assert old is not None
+            os.kill(old, signal.SIGSTOP)  # so that requests stay in flight until the kill
+            died: list[int] = []
+
+            async def call() -> None:
+                with pytest.raises(WorkerDied):
+                    await m.request("positions", timeout=10)
+                died.append(time.monotonic_ns())
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(call)
+                tg.start_soon(call)
+                await poll_until(lambda: m.metrics()["requests_in_flight"] == 2, 5)
+                t0 = time.monotonic_ns()
+                os.kill(old, signal.SIGKILL)
+            assert len(died) == 2
+            record(label(request), "SIGKILL -> in-flight WorkerDied", t0, max(died))
+            await await_recovery(m, label(request), "worker SIGKILL -> CONNECTED", t0)
+            assert m.worker_pid != old
+            await assert_session_invariants(m, sim, CID)
+        await assert_clean_exit(m, sim)
+
+
+async def test_worker_sigstop_probe_fails_then_retired_and_respawned(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    async with GatewaySim(faults=watched()) as sim:
+        async with ConnectionManager(fast_settings(tmp_path, sim.port, CID)) as m:
+            await session_older_than_window(m)
+            old = m.worker_pid
+            assert old is not None
+            t0 = time.monotonic_ns()
+            os.kill(old, signal.SIGSTOP)
+            await m.wait_for(State.DEGRADED_RED, 5)
+            assert m.reason == Reason.probe_failed
+            red = [t for t in m.history if t.dest == State.DEGRADED_RED][-1]
+            record(label(request), "SIGSTOP -> DEGRADED_RED (probe)", t0, red.at_ns)
+            await await_recovery(m, label(request), "worker SIGSTOP -> CONNECTED", t0)
+            assert m.worker_pid != old and not psutil.pid_exists(old)
+            assert m.metrics()["retire_term"] >= 1  # EOF could not wake it; SIGTERM+SIGCONT did
+            await assert_session_invariants(m, sim, CID)
+        await assert_clean_exit(m, sim)
+
+
+async def test_gateway_drop_all_then_down_for(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    async with GatewaySim(faults=watched()) as sim:
+        async with ConnectionManager(fast_settings(tmp_path, sim.port, CID)) as m:
+            await m.wait_connected(20)
+            t0 = time.monotonic_ns()
+            sim.drop_all()
+            await m.wait_for(State.DEGRADED_RED, 5)
+            assert m.reason == Reason.peer_closed
+            await await_recovery(m, label(request), "drop_all -> CONNECTED", t0)
+            await assert_session_invariants(m, sim, CID)
+
+            t1 = time.monotonic_ns()
+            sim.down_for(1.0)
+            await m.wait_for(State.DEGRADED_RED, 5)
+            await await_recovery(m, label(request), "down_for(1.0) -> CONNECTED", t1)
+            up_ns = int([e for e in sim.events if e.kind == "up"][-1].at * 1e9)
+            record(label(request), "  of which: gateway up -> CONNECTED", up_ns,
+                   [t for t in m.history if t.dest == State.CONNECTED][-1].at_ns)
+            await assert_session_invariants(m, sim, CID)
+        await assert_clean_exit(m, sim)
+
+
+async def test_stale_worker_of_a_killed_manager_is_reaped_at_start(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    # The zombie's own age is not under test: the fast-close watch goes on once it is gone.
+    async with GatewaySim() as sim:
+        stale = await start_stale_worker(HOST, sim.port, CID)
+        try:
+            assert (await stale_worker_connect(stale, HOST, sim.port, CID))["status"] == "success"
+            write_dead_manager_lock(tmp_path, HOST, sim.port, CID, stale.pid)
+            t0 = time.monotonic_ns()
+            async with ConnectionManager(fast_settings(tmp_path, sim.port, CID)) as m:
+                assert await stale.wait() == -signal.SIGTERM  # ended before our first spawn
+                await sim.wait_until(lambda x: any(c.pid == stale.pid for c in x.client_closes), 5)
+                sim.red_on_fast_close(FAST_CLOSE_WINDOW)
+                await await_recovery(m, label(request), "start with zombie -> reaped -> CONNECTED",
+                                     t0)
+                assert m.metrics()["zombies_reaped"] == 1
+                assert sim.counters.sent_326 == 0
+                await assert_session_invariants(m, sim, CID)
+            await assert_clean_exit(m, sim)
+        finally:
+            if stale.returncode is None:
+                stale.kill()
+            await stale.wait()
+
+
+async def test_stale_worker_holding_the_id_gives_326_then_is_reaped(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    async with GatewaySim() as sim:
+        sim.down_for(600)
+        stale = await start_stale_worker(HOST, sim.port, CID)
+        try:
+            write_dead_manager_lock(tmp_path, HOST, sim.port, CID, stale.pid)
+            # A longer backoff (>= 0.6 s with jitter) leaves the zombie time to take the id
+            # (tens of ms) between two attempts.
+            s = fast_settings(tmp_path, sim.port, CID, backoff_initial=0.75, backoff_max=1.5)
+            async with ConnectionManager(s) as m:
+                await m.wait_for(State.DEGRADED_RED, 15)
+                assert m.reason == Reason.refused
+                assert m.metrics().get("zombies_reaped", 0) == 0  # it held no connection: left
+                sim.restart()
+                await sim.wait_until(lambda x: x.listening, 5)
+                assert (await stale_worker_connect(stale, HOST, sim.port, CID))["status"] == "success"
+                assert m.state == State.DEGRADED_RED  # still backing off: the zombie got there first
+                t0 = time.monotonic_ns()
+                await poll_until(lambda: m.metrics()["client_id_in_use"] >= 1, 15, "a 326")
+                assert await stale.wait() == -signal.SIGTERM
+                await sim.wait_until(lambda x: any(c.pid == stale.pid for c in x.client_closes), 5)
+                sim.red_on_fast_close(FAST_CLOSE_WINDOW)
+                await await_recovery(m, label(request), "326 by zombie -> reaped -> CONNECTED", t0)
+                assert m.metrics()["zombies_reaped"] == 1
+                assert sim.counters.sent_326 >= 1
+                await assert_session_invariants(m, sim, CID)
+            await assert_clean_exit(m, sim)
+        finally:
+            if stale.returncode is None:
+                stale.kill()
+            await stale.wait()
+
+
+async def test_client_id_hold_by_the_gateway(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    async with GatewaySim(faults=watched()) as sim:
+        sim.client_id_hold(1.0)
+        async with ConnectionManager(fast_settings(tmp_path, sim.port, CID)) as m:
+            await session_older_than_window(m)
+            old = m.worker_pid
+            assert old is not None
+            t0 = time.monotonic_ns()
+            os.kill(old, signal.SIGKILL)
+            await poll_until(lambda: m.metrics()["client_id_in_use"] >= 1, 10, "a 326")
+            took = await await_recovery(m, label(request), "SIGKILL + id held 1.0 s -> CONNECTED",
+                                        t0)
+            assert took >= 1.0
+            assert sim.counters.sent_326 >= 1
+            assert m.metrics()["ib_326"] >= 1
+            await assert_session_invariants(m, sim, CID)
+        await assert_clean_exit(m, sim)
+
+
+async def test_connectivity_1100_then_1102_keeps_the_session(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    async with GatewaySim(faults=watched()) as sim:
+        async with ConnectionManager(fast_settings(tmp_path, sim.port, CID)) as m:
+            sub = m.subscribe()
+            await m.wait_connected(20)
+            pid = m.worker_pid
+            assert {2104, 2106, 2158} <= set(m.farms)  # farm notices on connect: recorded only
+
+            sim.connectivity_lost()
+            await m.wait_for(State.DEGRADED_RED, 5)
+            assert m.reason == Reason.connectivity_lost
+            with pytest.raises(NotConnected):
+                await m.request("positions")
+            t0 = time.monotonic_ns()
+            sim.connectivity_restored(False)
+            await m.wait_connected(5)
+            record(label(request), "1102 -> CONNECTED (same worker)", t0, time.monotonic_ns())
+
+            sim.farm_flap()
+            sim.connectivity_lost()
+            await m.wait_for(State.DEGRADED_RED, 5)
+            sim.connectivity_restored(True)
+            await m.wait_connected(5)
+            assert m.worker_pid == pid
+            assert m.metrics()["workers_spawned"] == 1  # no respawn, no new session
+            assert m.metrics()["sessions"] == 1
+
+            notices: list[Notice] = []
+            with anyio.fail_after(5):
+                async for item in sub:
+                    if isinstance(item, Notice):
+                        notices.append(item)
+                        if item.kind == "data_lost":
+                            break
+            assert {(n.kind, n.code) for n in notices} >= {("farm", 2103), ("farm", 2104),
+                                                            ("data_lost", 1101)}
+            assert m.farms[2103].startswith("Market data farm connection is broken")
+            await assert_session_invariants(m, sim, CID)
+        await assert_clean_exit(m, sim)
+
+
+@pytest.mark.parametrize("where", ["SPAWNING", "HANDSHAKING", "CONNECTED", "DEGRADED_RED", "IDLE"])
+async def test_shutdown_from_every_state(
+    tmp_path: Path, request: pytest.FixtureRequest, where: str
+) -> None:
+    async with GatewaySim(faults=watched()) as sim:
+        if where == "HANDSHAKING":
+            sim.handshake_delay(5.0)
+        if where == "DEGRADED_RED":
+            sim.down_for(600)
+        m = ConnectionManager(fast_settings(tmp_path, sim.port, CID))
+        await m.shutdown()  # before start: nothing to do
+        async with m:
+            if where != "SPAWNING":
+                await m.wait_for(State(where) if where != "IDLE" else State.CONNECTED, 20)
+            assert m.state == (State(where) if where != "IDLE" else State.CONNECTED)
+            pid = m.worker_pid
+            if where == "IDLE":
+                await m.shutdown()
+                assert m.state == State.IDLE
+            t0 = time.monotonic_ns()
+            await m.shutdown()
+            record(label(request), f"shutdown() from {where}", t0, time.monotonic_ns())
+            assert m.history[-1].event == "shutdown" and m.history[-1].dest == State.IDLE
+            with pytest.raises(NotConnected):
+                await m.request("positions")
+        await assert_clean_exit(m, sim)
+        if pid is not None:
+            assert not psutil.pid_exists(pid)
+        closes = [c for c in sim.client_closes if c.handshaken]
+        assert all(c.age >= m.settings.min_session for c in closes), closes
+        assert not lock_path(tmp_path, HOST, sim.port, CID).exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # real 30 s: one backend is enough
+async def test_silent_gateway_handshake_times_out_at_30s_then_recovers_after_restart(
+    tmp_path: Path, request: pytest.FixtureRequest, anyio_backend: str
+) -> None:
+    async with GatewaySim(faults=Faults(silent=True)) as sim:
+        async with ConnectionManager(fast_settings(tmp_path, sim.port, CID)) as m:
+            await m.wait_for(State.HANDSHAKING, 20)
+            await m.wait_for(State.DEGRADED_RED, 40)
+            assert m.reason == Reason.api_unresponsive
+            hs = [t for t in m.history if t.dest == State.HANDSHAKING][0]
+            red = [t for t in m.history if t.dest == State.DEGRADED_RED][0]
+            took = record(label(request), "silent Gateway: HANDSHAKING -> DEGRADED_RED", hs.at_ns,
+                          red.at_ns)
+            assert 30.0 <= took < 30.5
+            t0 = time.monotonic_ns()
+            sim.restart()
+            sim.red_on_fast_close(FAST_CLOSE_WINDOW)
+            await await_recovery(m, label(request), "restart of a RED Gateway -> CONNECTED", t0)
+            assert m.metrics()["handshake_timeouts"] == 1
+            await assert_session_invariants(m, sim, CID)
+        await assert_clean_exit(m, sim)
