@@ -103,12 +103,9 @@ async def ping(ctx: Context, p: TimeoutParams) -> Result:
     """reqCurrentTime round trip: the cheapest proof that the API layer (not just TCP) answers."""
     s, timeout = ctx.session, _timeout(p)
     ib = s.require_connected("ping")
-    deadline = time.monotonic() + timeout
-    async with s.lock("currentTime"):
-        left = max(deadline - time.monotonic(), 0.001)
-        t0 = time.perf_counter()
-        dt = await s.call("ping", ib.reqCurrentTimeAsync, left)
-        latency_ms = (time.perf_counter() - t0) * 1000
+    t0 = time.perf_counter()
+    dt = await s.call("ping", ib.reqCurrentTimeAsync, timeout, one_at_a_time="currentTime")
+    latency_ms = (time.perf_counter() - t0) * 1000
     return PingResult(gateway_time=dt.timestamp(), latency_ms=round(latency_ms, 3))
 
 
@@ -126,10 +123,7 @@ async def accounts(ctx: Context, p: AccountParams) -> Result:
 async def positions(ctx: Context, p: AccountParams) -> Result:
     s, timeout = ctx.session, _timeout(p)
     ib = s.require_connected("positions")
-    deadline = time.monotonic() + timeout
-    async with s.lock("positions"):
-        left = max(deadline - time.monotonic(), 0.001)
-        rows = await s.call("positions", ib.reqPositionsAsync, left)
+    rows = await s.call("positions", ib.reqPositionsAsync, timeout, one_at_a_time="positions")
     out = [PositionRow(account=r.account, symbol=r.contract.symbol, sec_type=r.contract.secType,
                        con_id=r.contract.conId, currency=r.contract.currency,
                        position=float(r.position), avg_cost=float(r.avgCost))

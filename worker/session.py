@@ -275,10 +275,19 @@ class Session:
 
     # ---- requests
 
-    async def call(self, command: str, start: Callable[[], Any], timeout: float) -> Any:
-        """Start one Gateway round trip and await it; every failure becomes a CommandError."""
+    async def call(self, command: str, start: Callable[[], Any], timeout: float,
+                   *, one_at_a_time: str | None = None) -> Any:
+        """Start one Gateway round trip and await it; every failure becomes a CommandError.
+
+        `one_at_a_time` names the ib_async request key to serialise on; waiting for it counts
+        against the same timeout, so a queued request can never outlive its deadline."""
+        async def run() -> Any:
+            if one_at_a_time is None:
+                return await start()
+            async with self.lock(one_at_a_time):
+                return await start()
         try:
-            return await asyncio.wait_for(start(), timeout)
+            return await asyncio.wait_for(run(), timeout)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # noqa: BLE001 - mapped to a code, never silence
