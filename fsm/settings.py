@@ -25,6 +25,7 @@ ENV_VARS: dict[str, str] = {
     "readonly": "IBKR_READONLY",
     "handshake_timeout": "IBKR_TIMEOUT",
     "state_dir": "IBGW_STATE_DIR",
+    "warm_spare": "IBGW_WARM_SPARE",
 }
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -64,6 +65,7 @@ class Settings:
     retire_grace: float = 2.0
     kill_grace: float = 2.0
     request_timeout: float = 30.0
+    warm_spare: bool = False  # keep one idle worker (ib_async imported, no socket) for respawns
     state_dir: Path = field(default_factory=default_state_dir)
 
     def __post_init__(self) -> None:
@@ -87,8 +89,9 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Read IBKR_HOST, IBKR_PORT, IBKR_CLIENT_ID, IBKR_READONLY, IBKR_TIMEOUT, IBGW_STATE_DIR;
-        keyword overrides win over the environment."""
+        """Read the variables in ENV_VARS (IBKR_HOST, IBKR_PORT, IBKR_CLIENT_ID, IBKR_READONLY,
+        IBKR_TIMEOUT, IBGW_STATE_DIR, IBGW_WARM_SPARE); keyword overrides win over the
+        environment."""
         env = os.environ if env is None else env
         unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
@@ -118,7 +121,7 @@ def _parse(name: str, var: str, raw: str) -> Any:
             value = int(text)
         except ValueError:
             raise SettingsError(f"{var}={raw!r} {_PROBLEM[name]}") from None
-    elif name == "readonly":
+    elif name in ("readonly", "warm_spare"):
         if text.lower() in _TRUE:
             value = True
         elif text.lower() in _FALSE:
@@ -143,6 +146,7 @@ _PROBLEM = {
     "port": "is not a port number (1-65535)",
     "client_id": "is not a client id (an integer 0-2147483647)",
     "readonly": "is not a boolean (true/false, 1/0, yes/no, on/off)",
+    "warm_spare": "is not a boolean (true/false, 1/0, yes/no, on/off)",
     "state_dir": "is not a directory path",
     "backoff_multiplier": "is not a multiplier (a finite number >= 1)",
     "backoff_jitter": "is not a jitter fraction (0 <= jitter < 1)",
@@ -169,6 +173,7 @@ def _check(name: str, value: Any, label: str, shown: Any = None) -> None:
         "port": lambda v: _is_int(v) and 1 <= v <= 65535,
         "client_id": lambda v: _is_int(v) and 0 <= v <= 2**31 - 1,
         "readonly": lambda v: isinstance(v, bool),
+        "warm_spare": lambda v: isinstance(v, bool),
         "state_dir": lambda v: isinstance(v, Path) and str(v) != "",
         "backoff_multiplier": lambda v: _is_number(v) and math.isfinite(v) and v >= 1,
         "backoff_jitter": lambda v: _is_number(v) and 0 <= v < 1,

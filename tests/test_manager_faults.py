@@ -94,6 +94,29 @@ async def test_worker_sigkill_fails_inflight_requests_then_respawns(
         await assert_clean_exit(m, sim)
 
 
+async def test_warm_spare_is_adopted_on_respawn(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    async with GatewaySim(faults=watched()) as sim:
+        settings = fast_settings(tmp_path, sim.port, CID, warm_spare=True)
+        async with ConnectionManager(settings) as m:
+            await session_older_than_window(m)
+            await poll_until(lambda: m.metrics()["spares_spawned"] == 1, 10, "a ready spare")
+            spare = m._spare
+            assert spare is not None
+            await poll_until(lambda: spare.ready_pid is not None, 10, "the spare's ready event")
+            assert len(sim.sessions) == 1  # the spare holds no socket to the Gateway
+            old = m.worker_pid
+            assert old is not None
+            t0 = time.monotonic_ns()
+            os.kill(old, signal.SIGKILL)
+            await await_recovery(m, label(request), "worker SIGKILL -> CONNECTED (warm spare)", t0)
+            assert m.worker_pid == spare.pid
+            assert m.metrics()["spares_adopted"] == 1
+            await assert_session_invariants(m, sim, CID)
+        await assert_clean_exit(m, sim)
+
+
 async def test_worker_sigstop_probe_fails_then_retired_and_respawned(
     tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
