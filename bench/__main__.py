@@ -1,0 +1,158 @@
+"""`python -m bench [--quick] [--json FILE] [--update-readme]`: what isolation and safety cost.
+
+Targets are reported, not asserted: a MISS does not change the exit status; a crash does
+(exit 1 when a figure group raised something other than "piece missing", 2 on a harness error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from . import figures as F
+from .report import (
+    Figure,
+    figures_from_json,
+    markdown_table,
+    print_table,
+    update_readme,
+    write_json,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _load() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "?"
+
+
+async def run(args: argparse.Namespace) -> tuple[list[Figure], dict[str, Any], int]:
+    sizes = F.Sizes.quick() if args.quick else F.Sizes.full()
+    figs = F.new_figures()
+    errors = 0
+    wanted = set(args.only.split(",")) if args.only else None
+    with tempfile.TemporaryDirectory(prefix="ibgw-bench-") as state_dir:
+        ctx = F.Context(sizes=sizes, state_dir=Path(state_dir), sim=None, backend=args.backend)
+        sim: F.SimHost | None = None
+        try:
+            sim = F.SimHost()
+            await sim.__aenter__()
+            ctx.sim = sim
+            # Faults that a benchmark must not trip by accident (fast close at shutdown).
+            try:
+                await sim.call("red_on_fast_close", None)
+            except Exception as exc:  # noqa: BLE001 — older sims may lack it; say so
+                ctx.log(f"bench: sim.red_on_fast_close(None) failed: {exc}")
+        except Exception as exc:  # noqa: BLE001
+            sim = None
+            ctx.sim_error = f"{type(exc).__name__}: {exc}"
+            ctx.log(f"bench: simulator unavailable: {ctx.sim_error}")
+        try:
+            for name, fn, keys in F.GROUPS:
+                if wanted and not (wanted & set(keys)) and name not in wanted:
+                    for k in keys:
+                        figs[k].not_available("not selected (--only)")
+                    continue
+                t0 = time.monotonic()
+                ctx.log(f"bench: {name} ...")
+                group = {k: figs[k] for k in keys}
+                try:
+                    await fn(ctx, group)
+                except F.MissingPiece as exc:
+                    for k in keys:
+                        figs[k].not_available(str(exc))
+                except Exception as exc:  # noqa: BLE001 — report, keep going, exit non-zero
+                    errors += 1
+                    traceback.print_exc(file=sys.stderr)
+                    for k in keys:
+                        figs[k].not_available(f"error: {type(exc).__name__}: {exc}")
+                ctx.log(f"bench: {name} done in {time.monotonic() - t0:.1f} s")
+        finally:
+            if sim is not None:
+                await sim.__aexit__(None, None, None)
+    return list(figs.values()), {"sizes": sizes.__dict__}, errors
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="a short pass (< ~60 s)")
+    p.add_argument("--json", metavar="FILE", type=Path, help="also write the results as JSON")
+    p.add_argument("--update-readme", action="store_true",
+                   help="rewrite the README block between the bench markers with this table")
+    p.add_argument("--readme", type=Path, default=REPO / "README.md", help=argparse.SUPPRESS)
+    p.add_argument("--from-json", metavar="FILE", type=Path,
+                   help="do not measure: render (and --update-readme) from a saved JSON")
+    p.add_argument("--only", metavar="KEYS", help="comma-separated figure keys or group names")
+    p.add_argument("--backend", default="asyncio", choices=["asyncio", "trio"],
+                   help="anyio backend of the bench process and the trader-side children")
+    args = p.parse_args(argv)
+
+    if args.from_json:
+        doc = json.loads(args.from_json.read_text())
+        figs, meta, errors = figures_from_json(doc), doc["meta"], 0
+    else:
+        started = time.monotonic()
+        meta = {
+            "date": _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+            "cores": os.cpu_count(),
+            "python": f"Python {platform.python_version()} ({sys.executable})",
+            "platform": platform.platform(),
+            "backend": args.backend,
+            "quick": bool(args.quick),
+            "load_before": _load(),
+        }
+        try:
+            import importlib.metadata as md
+
+            meta["ib_async"] = md.version("ib_async")
+        except Exception:  # noqa: BLE001
+            meta["ib_async"] = "?"
+        try:
+            figs, extra, errors = anyio.run(run, args, backend=args.backend)
+        except Exception:  # noqa: BLE001
+            traceback.print_exc()
+            return 2
+        meta.update(extra)
+        meta["load_after"] = _load()
+        meta["duration_s"] = round(time.monotonic() - started, 1)
+        meta["notes"] = [
+            "every process is the same interpreter; one simulator process serves every figure "
+            "and every baseline; warm-up rounds are discarded; A/B runs alternate in ABBA order",
+            f"load average before/after: {meta['load_before']} / {meta['load_after']} "
+            "(other work on the machine shows up here)",
+            F.MIN_SESSION_NOTE,
+            "ib_async's 45 msg/s throttle (Client.MaxRequests) is left at its default "
+            "everywhere, in the worker and in every ib_async baseline; nothing sets "
+            "MaxRequests=0. A connect sends a handful of messages, under the limit; pings are "
+            "paced below it (see ping_rtt)",
+            "the simulator runs with track_pids=False (its psutil look-up of each peer's pid is "
+            "a test observable no real Gateway has; it would add CPU noise to every connect)",
+        ]
+    print_table(figs, meta)
+    if args.json:
+        write_json(args.json, figs, meta)
+    if args.update_readme:
+        if update_readme(args.readme, markdown_table(figs, meta)):
+            print(f"updated the bench block in {args.readme}", file=sys.stderr)
+        else:
+            print(f"{args.readme}: no such file, or no bench markers in it; left alone",
+                  file=sys.stderr)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""`python -m bench --quick` runs and its output is well-formed (not that it is fast)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.figures import FIGURES
+from bench.report import README_BEGIN, README_END
+from bench.stats import abba_order, percentile, summarize
+
+REPO = Path(__file__).resolve().parent.parent
+STATUSES = {"PASS", "MISS", "info", "n/a"}
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, dict]:
+    """One quick bench run shared by the checks below (it takes about a minute)."""
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--json", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, f"bench crashed (rc {proc.returncode}):\n{proc.stderr[-4000:]}"
+    return proc, json.loads(out.read_text())
+
+
+def _is_number(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def test_every_figure_is_present_and_well_formed(quick_run) -> None:
+    _, doc = quick_run
+    got = {f["key"]: f for f in doc["figures"]}
+    assert set(got) == {key for key, *_ in FIGURES}
+    for key, fig in got.items():
+        assert fig["status"] in STATUSES, key
+        if fig["status"] == "n/a":
+            assert isinstance(fig["reason"], str) and fig["reason"], f"{key}: n/a without reason"
+            continue
+        value = fig["value"]
+        for stat in ("median", "p90", "p99", "n"):
+            assert _is_number(value[stat]), f"{key}.{stat} = {value[stat]!r}"
+        assert value["n"] >= 1
+        assert value["median"] <= value["p90"] <= value["p99"] <= value["max"], key
+        if fig["ratio_label"]:
+            assert _is_number(fig["ratio"]), f"{key}: ratio {fig['ratio']!r} is not a number"
+        if fig["baseline"] is not None:
+            for stat in ("median", "p90", "p99", "n"):
+                assert _is_number(fig["baseline"][stat]), f"{key} baseline {stat}"
+
+
+def test_meta_says_when_and_where(quick_run) -> None:
+    _, doc = quick_run
+    meta = doc["meta"]
+    assert meta["quick"] is True
+    assert _is_number(meta["cores"]) and meta["cores"] >= 1
+    assert meta["date"] and meta["python"]
+    assert _is_number(meta["duration_s"])
+
+
+def test_table_names_every_figure_and_the_throttle(quick_run) -> None:
+    proc, doc = quick_run
+    for fig in doc["figures"]:
+        assert fig["title"] in proc.stdout
+        assert fig["status"] in proc.stdout
+    ping = next(f for f in doc["figures"] if f["key"] == "ping_rtt")
+    if ping["status"] != "n/a":
+        assert "45 msg/s" in proc.stdout
+
+
+def test_update_readme_rewrites_only_the_block(quick_run, tmp_path: Path) -> None:
+    _, doc = quick_run
+    saved = tmp_path / "bench.json"
+    saved.write_text(json.dumps(doc))
+    readme = tmp_path / "README.md"
+    before, after = "# title\n\nintro text\n", "\n## later\n\nmore text\n"
+    readme.write_text(f"{before}{README_BEGIN}\nold table\n{README_END}{after}")
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--from-json", str(saved), "--update-readme",
+         "--readme", str(readme)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    text = readme.read_text()
+    assert text.startswith(before + README_BEGIN) and text.endswith(README_END + after)
+    block = text[len(before) + len(README_BEGIN): -len(README_END + after)]
+    assert "old table" not in block
+    assert f"on {doc['meta']['cores']} cores" in block
+    assert "| figure [unit] |" in block
+
+
+def test_update_readme_without_markers_leaves_the_file_alone(quick_run, tmp_path: Path) -> None:
+    _, doc = quick_run
+    saved = tmp_path / "bench.json"
+    saved.write_text(json.dumps(doc))
+    readme = tmp_path / "README.md"
+    readme.write_text("# no markers here\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--from-json", str(saved), "--update-readme",
+         "--readme", str(readme)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert readme.read_text() == "# no markers here\n"
+
+
+def test_percentiles_interpolate_like_numpy() -> None:
+    values = list(range(1, 101))
+    assert percentile(values, 50) == pytest.approx(50.5)
+    assert percentile(values, 90) == pytest.approx(90.1)
+    assert percentile(values, 99) == pytest.approx(99.01)
+    s = summarize([3.0, 1.0, 2.0])
+    assert (s.median, s.n, s.min, s.max) == (2.0, 3, 1.0, 3.0)
+
+
+def test_abba_order_alternates() -> None:
+    assert abba_order(["a", "b"], 0) == ["a", "b"]
+    assert abba_order(["a", "b"], 1) == ["b", "a"]
