@@ -230,6 +230,7 @@ class _Worker:
         self.session_ns: int | None = None  # when its handshake completed
         self.session_lost = False
         self.ready_pid: int | None = None  # set by its `ready` event
+        self.upstream_lost = False  # a 1100 came before its handshake completed
 
     def fail_pending(self, why: str) -> None:
         pending, self.pending = self.pending, {}
@@ -740,7 +741,8 @@ class ConnectionManager:
             if data.get("client_id") not in (None, self.settings.client_id):
                 log.error("worker connected as client id %s, not %s", data.get("client_id"),
                           self.settings.client_id)
-            self._feed(w, "handshake_ok")
+            if self._feed(w, "handshake_ok") and w.upstream_lost:
+                self._feed(w, "connectivity_lost")
             return
         assert resp.error is not None
         reason = HANDSHAKE_REASONS.get(resp.error.code, Reason.peer_closed)
@@ -909,7 +911,10 @@ class ConnectionManager:
         if w is not self._worker or w.retiring:
             self._counts["stale_inputs_dropped"] += 1
             return
-        if code == 1100:
+        if code in (1100, 1101, 1102) and self._core.state == State.HANDSHAKING:
+            # The core takes connectivity news only with a session: keep it for handshake_ok.
+            w.upstream_lost = code == 1100
+        elif code == 1100:
             self._feed(w, "connectivity_lost")
         elif code in (1101, 1102):
             self._feed(w, "connectivity_restored", code == 1101)

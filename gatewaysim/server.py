@@ -720,7 +720,8 @@ class GatewaySim:
         s.handshaken_at = now
         self.counters.handshakes += 1
         out = wire.next_valid_id(1) + wire.managed_accounts(self.accounts)
-        for code, text in FARMS_OK:
+        # While IB's servers are unreachable a new session hears 1100, not "farm OK".
+        for code, text in FARMS_OK if self.upstream_connected else ((1100, TEXT_1100),):
             out += wire.error_msg(s.version, -1, code, text)
         s.send(out)
         self._emit("handshake", f"session {s.sid}: client id {cid}, server version {s.version}")

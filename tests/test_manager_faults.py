@@ -117,6 +117,22 @@ async def test_warm_spare_is_adopted_on_respawn(
         await assert_clean_exit(m, sim)
 
 
+async def test_1100_during_the_handshake_is_not_lost(tmp_path: Path) -> None:
+    async with GatewaySim(faults=watched()) as sim:
+        sim.connectivity_lost()  # IB's servers are unreachable before we even connect
+        async with ConnectionManager(fast_settings(tmp_path, sim.port, CID)) as m:
+            await m.wait_for(State.DEGRADED_RED, 20)
+            assert m.reason == Reason.connectivity_lost
+            events = [t.event for t in m.history]
+            assert events[-2:] == ["handshake_ok", "connectivity_lost"]
+            pid = m.worker_pid
+            sim.connectivity_restored(data_lost=False)
+            await m.wait_connected(10)
+            assert m.worker_pid == pid  # the session was kept throughout
+            await assert_session_invariants(m, sim, CID)
+        await assert_clean_exit(m, sim)
+
+
 async def test_worker_sigstop_probe_fails_then_retired_and_respawned(
     tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
