@@ -825,6 +825,7 @@ class ConnectionManager:
                 client_id=s.client_id,
                 term_grace=s.retire_grace,
                 kill_grace=s.kill_grace,
+                min_age=s.min_session,
             )
         )
         if pid is not None:

@@ -265,11 +265,25 @@ def reap_stale_worker(
     client_id: int,
     term_grace: float = 2.0,
     kill_grace: float = 2.0,
+    min_age: float = 0.0,
 ) -> int | None:
-    """End the stale worker ``record`` names if it is provably ours; return its pid if ended."""
+    """End the stale worker ``record`` names if it is provably ours; return its pid if ended.
+
+    A worker younger than ``min_age`` (the manager's min_session) is left to reach that age
+    first: its session is younger still, and closing it would be the fast close that turns a
+    Gateway's API layer RED. Blocking: call it from a worker thread.
+    """
     proc = find_stale_worker(record, host=host, port=port, client_id=client_id)
     if proc is None:
         return None
+    try:
+        young_for = proc.create_time() + min_age - time.time()
+    except psutil.Error:
+        young_for = 0.0
+    if young_for > 0:
+        log.info("stale worker pid %d is only %.2f s old: ending it in %.2f s (min_session)",
+                 proc.pid, min_age - young_for, young_for)
+        time.sleep(young_for)
     log.warning(
         "ending stale worker pid %d left by manager pid %s (it holds client id %d at %s:%d)",
         proc.pid,

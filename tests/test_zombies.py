@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -121,6 +122,23 @@ def test_stale_worker_of_ours_is_ended(listener: socket.socket) -> None:
         assert reap_stale_worker(rec, host=HOST, port=port, client_id=7,
                                  term_grace=5, kill_grace=5) == p.pid
         assert finish(p) == -signal.SIGTERM
+    finally:
+        finish(p)
+
+
+def test_a_young_stale_worker_is_ended_only_once_min_session_old(
+    listener: socket.socket,
+) -> None:
+    port = listener.getsockname()[1]
+    p = spawn_fake(port, worker_label(HOST, port, 7))
+    try:
+        rec = record_for(p, port)
+        born = psutil.Process(p.pid).create_time()
+        assert reap_stale_worker(rec, host=HOST, port=port, client_id=7,
+                                 term_grace=5, kill_grace=5, min_age=1.5) == p.pid
+        assert finish(p) == -signal.SIGTERM
+        # the process was ended after it was min_age old, never younger (no fast close)
+        assert time.time() - born >= 1.5
     finally:
         finish(p)
 
