@@ -26,6 +26,7 @@ import os
 import stat
 import sys
 import time
+import types
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -220,7 +221,31 @@ def _exit(code: int) -> None:
     os._exit(code)
 
 
+def _trampoline(fn: Callable[[], None]) -> None:
+    fn()
+
+
+# CPython 3.11 frees a 16 KiB frame-stack ("data stack") chunk as soon as the frame at its base
+# returns (cpython gh-142183; the fix, a one-chunk cache, is in 3.13+ only). Code that keeps
+# calling across a chunk boundary then pays an mmap + munmap + page faults per call. Where the
+# boundary falls depends only on how deep we start (`python -m` adds runpy's frames): at the
+# depth `-m worker` gives main(), importing ib_async (numpy's typing aliases) made ~2 600 such
+# pairs, +50 ms before `ready`. A frame with an oversized value stack cannot fit in the current
+# chunk, so it gets a fresh 64 KiB one whose free part (~4 000 slots) is deeper than the import
+# and the serve loop go: no boundary is crossed, whatever the entry point.
+_STACK_HEADROOM_SLOTS = 4096
+_with_stack_headroom = types.FunctionType(
+    _trampoline.__code__.replace(
+        co_stacksize=_trampoline.__code__.co_stacksize + _STACK_HEADROOM_SLOTS),
+    _trampoline.__globals__, "_with_stack_headroom")
+
+
 def main(argv: list[str] | None = None) -> None:
+    """Entry point; all the work runs with fresh data-stack headroom (see _with_stack_headroom)."""
+    _with_stack_headroom(lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> None:
     parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__.split("\n")[0])
     parser.add_argument("--label", default="", help="ignored; shows in ps (ibgw-fsm:host:port:id)")
     parser.parse_args(argv)
