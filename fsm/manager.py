@@ -682,7 +682,7 @@ class ConnectionManager:
         self._write_status()
 
     async def _spawn_spare(self) -> None:
-        """Pre-start the next worker while a session is up, so a respawn skips the ~0.3 s of
+        """Pre-start the next worker while a session is up, so a respawn skips the ~0.15-0.2 s of
         interpreter start and `import ib_async`. It holds no socket and no client id."""
         w = await self._start_process()
         if w is None:
