@@ -1,7 +1,8 @@
 """`python -m bench [--quick] [--json FILE] [--update-readme]`: what isolation and safety cost.
 
 Targets are reported, not asserted: a MISS does not change the exit status; a crash does
-(exit 1 when a figure group raised something other than "piece missing", 2 on a harness error).
+(exit 1 when a figure group raised: its figures are error rows; 2 on a harness error, e.g. the
+simulator did not start).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import anyio
 
 from . import figures as F
 from .report import (
+    ERROR,
+    NA,
     Figure,
     figures_from_json,
     markdown_table,
@@ -46,44 +49,26 @@ async def run(args: argparse.Namespace) -> tuple[list[Figure], dict[str, Any], i
     errors = 0
     wanted = set(args.only.split(",")) if args.only else None
     with tempfile.TemporaryDirectory(prefix="ibgw-bench-") as state_dir:
-        ctx = F.Context(sizes=sizes, state_dir=Path(state_dir), sim=None, backend=args.backend)
-        sim: F.SimHost | None = None
-        try:
-            sim = F.SimHost()
-            await sim.__aenter__()
-            ctx.sim = sim
-            # Faults that a benchmark must not trip by accident (fast close at shutdown).
-            try:
-                await sim.call("red_on_fast_close", None)
-            except Exception as exc:  # noqa: BLE001 — older sims may lack it; say so
-                ctx.log(f"bench: sim.red_on_fast_close(None) failed: {exc}")
-        except Exception as exc:  # noqa: BLE001
-            sim = None
-            ctx.sim_error = f"{type(exc).__name__}: {exc}"
-            ctx.log(f"bench: simulator unavailable: {ctx.sim_error}")
-        try:
+        async with F.SimHost() as sim:
+            # A benchmark must not trip a fault by accident (fast close at shutdown).
+            await sim.call("red_on_fast_close", None)
+            ctx = F.Context(sizes=sizes, state_dir=Path(state_dir), sim=sim,
+                            backend=args.backend)
             for name, fn, keys in F.GROUPS:
                 if wanted and not (wanted & set(keys)) and name not in wanted:
                     for k in keys:
-                        figs[k].not_available("not selected (--only)")
+                        figs[k].unmeasured(NA, "not selected (--only)")
                     continue
                 t0 = time.monotonic()
                 ctx.log(f"bench: {name} ...")
-                group = {k: figs[k] for k in keys}
                 try:
-                    await fn(ctx, group)
-                except F.MissingPiece as exc:
-                    for k in keys:
-                        figs[k].not_available(str(exc))
+                    await fn(ctx, {k: figs[k] for k in keys})
                 except Exception as exc:  # noqa: BLE001 — report, keep going, exit non-zero
                     errors += 1
                     traceback.print_exc(file=sys.stderr)
                     for k in keys:
-                        figs[k].not_available(f"error: {type(exc).__name__}: {exc}")
+                        figs[k].unmeasured(ERROR, f"{type(exc).__name__}: {exc}")
                 ctx.log(f"bench: {name} done in {time.monotonic() - t0:.1f} s")
-        finally:
-            if sim is not None:
-                await sim.__aexit__(None, None, None)
     return list(figs.values()), {"sizes": sizes.__dict__}, errors
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import anyio
 
 from .lineclient import LineClient, rss_bytes
+from .stats import ms_since
 
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
@@ -24,6 +25,14 @@ def echo_child(backend: str = "asyncio") -> LineClient:
 def ib_child() -> LineClient:
     """The in-process ib_async baseline driver (timings taken inside the child)."""
     return LineClient([PY, "-u", str(HERE / "ib_child.py")])
+
+
+async def ib_call(ib: LineClient, command: str, **params: Any) -> float:
+    """One ib_child command; its `elapsed_ms` (timed inside the child). Raises if it failed."""
+    reply = await ib.call({"command": command, "params": params}, timeout=60)
+    if reply.get("status") != "success":
+        raise RuntimeError(f"in-process ib_async baseline: {command} failed: {reply}")
+    return float(reply["data"]["elapsed_ms"])
 
 
 async def rtt_batch(call: Callable[[], Awaitable[Any]], n: int) -> list[float]:
@@ -51,32 +60,43 @@ async def throughput(call: Callable[[], Awaitable[Any]], callers: int, per_calle
     return callers * per_caller / elapsed
 
 
-async def fresh_connect(host: str, port: int, client_id: int, *, keep: float = 0.0,
-                        timeout: float = 60.0) -> dict[str, float]:
-    """Spawn `python bench/ib_fresh.py`, time spawn -> connected, read its RSS while connected.
+async def child_event(argv: Sequence[str], event: str, *, timeout: float = 30.0,
+                      settle: float = 0.0, stderr_to_null: bool = True) -> dict[str, Any]:
+    """Spawn `argv`, wait for its `event` line, wait `settle` s, then read RSS while it lives.
+
+    Returns the event plus `elapsed_ms` (spawn -> event seen), `rss` (the child's) and
+    `worker_rss` (of the pids it lists in `worker_pids`, if any). The child ends at stdin EOF.
+    """
+    client = LineClient(argv, stderr_to_null=stderr_to_null)
+    t0 = time.monotonic_ns()
+    async with client:
+        ev = dict(await client.wait_event(event, timeout=timeout))
+        ev["elapsed_ms"] = ms_since(t0)
+        if settle:
+            await anyio.sleep(settle)
+        ev["rss"] = rss_bytes(client.pid)
+        ev["worker_rss"] = [rss_bytes(p) for p in ev.get("worker_pids", []) if p]
+    return ev
+
+
+async def fresh_connect(host: str, port: int, client_id: int, *,
+                        keep: float = 0.0) -> dict[str, float]:
+    """`python bench/ib_fresh.py`: spawn -> connected, and its RSS while connected.
 
     Returns {total_ms, import_ms, connect_ms, rss}.
     """
-    client = LineClient([PY, "-u", str(HERE / "ib_fresh.py"), host, str(port), str(client_id)])
-    t0 = time.monotonic_ns()
-    async with client:
-        ev = await client.wait_event("connected", timeout=timeout)
-        t1 = time.monotonic_ns()
-        if keep:
-            await anyio.sleep(keep)
-        rss = rss_bytes(client.pid)
+    ev = await child_event([PY, "-u", str(HERE / "ib_fresh.py"), host, str(port),
+                            str(client_id)], "connected", timeout=60, settle=keep)
     return {
-        "total_ms": (t1 - t0) / 1e6,
+        "total_ms": ev["elapsed_ms"],
         "import_ms": float(ev["import_ms"]),
         "connect_ms": float(ev["connect_ms"]),
-        "rss": float(rss),
+        "rss": float(ev["rss"]),
     }
 
 
 async def idle_anyio_rss(settle: float = 0.2, backend: str = "asyncio") -> int:
     """RSS of an anyio process with a running loop and nothing else."""
-    client = LineClient([PY, "-u", str(HERE / "mem_child.py"), "idle", backend])
-    async with client:
-        await client.wait_event("ready", timeout=30)
-        await anyio.sleep(settle)
-        return rss_bytes(client.pid)
+    ev = await child_event([PY, "-u", str(HERE / "mem_child.py"), "idle", backend], "ready",
+                           settle=settle)
+    return int(ev["rss"])

@@ -48,7 +48,6 @@ class LineClient:
         self._closed = False
         self._eof = False
         self._send_lock = anyio.Lock()  # one writer at a time (trio refuses concurrent sends)
-        self.spawned_ns = 0
 
     @property
     def pid(self) -> int:
@@ -58,7 +57,6 @@ class LineClient:
     async def __aenter__(self) -> "LineClient":
         import subprocess
 
-        self.spawned_ns = anyio_now_ns()
         self.proc = await anyio.open_process(
             self.argv,
             env=self.env,
@@ -158,7 +156,8 @@ class LineClient:
             raise got
         return got
 
-    async def wait_event(self, name: str, timeout: float = 30.0, key: str = "event") -> dict[str, Any]:
+    async def wait_event(self, name: str, timeout: float = 30.0,
+                         key: str = "event") -> dict[str, Any]:
         """Wait for an unsolicited line whose `key` is `name` (e.g. the worker's `ready`)."""
         with anyio.fail_after(timeout):
             while True:
@@ -168,13 +167,6 @@ class LineClient:
                 if self._eof or self._closed:
                     raise ChildGone(f"{self.argv[:3]} closed its stdout before {name!r}")
                 await self._event_seen.wait()
-
-
-def anyio_now_ns() -> int:
-    """CLOCK_MONOTONIC in ns: comparable across processes on Linux (the sim host uses it too)."""
-    import time
-
-    return time.monotonic_ns()
 
 
 def rss_bytes(pid: int) -> int:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .stats import Summary
+from .stats import Summary, summarize
 
-PASS, MISS, NA, INFO = "PASS", "MISS", "n/a", "info"
+PASS, MISS, INFO = "PASS", "MISS", "info"
+NA = "n/a"  # not measured in this run: left out by --only (itself or a group it needs)
+ERROR = "error"  # its group raised: the run exits 1
 
 README_BEGIN = "<!-- bench:begin -->"
 README_END = "<!-- bench:end -->"
@@ -39,8 +42,21 @@ class Figure:
     def judge(self, ok: bool) -> None:
         self.status = PASS if ok else MISS
 
-    def not_available(self, reason: str) -> None:
-        self.status = NA
+    def measured(self, samples: Sequence[float]) -> Summary:
+        """Set the value from a series of samples; returns its summary."""
+        self.value = summarize(samples)
+        return self.value
+
+    def compared(self, samples: Sequence[float], baseline: Sequence[float]) -> float:
+        """Set the value and the baseline; returns (and sets) the ratio of their medians."""
+        value = self.measured(samples)
+        self.baseline = summarize(baseline)
+        self.ratio = value.median / self.baseline.median
+        return self.ratio
+
+    def unmeasured(self, status: str, reason: str) -> None:
+        """No value in this run (NA or ERROR), and why."""
+        self.status = status
         self.reason = reason
         self.value = self.baseline = None
         self.ratio = None
@@ -96,7 +112,7 @@ def _row(fig: Figure) -> list[str]:
     reason = fig.reason or ""
     if len(reason) > 60:
         reason = reason[:57] + "..."
-    result = fig.status if fig.status != NA else f"n/a ({reason})"
+    result = f"{fig.status} ({reason})" if fig.status in (NA, ERROR) else fig.status
     return [f"{fig.title} [{fig.unit}]", *cells, base, ratio, fig.target, result]
 
 
@@ -111,8 +127,8 @@ def notes_lines(figures: list[Figure]) -> list[str]:
         if fig.status == NA and fig.reason and fig.reason.startswith("not selected"):
             continue
         parts = []
-        if fig.status == NA and fig.reason and len(fig.reason) > 60:
-            parts.append(f"n/a because {fig.reason}")
+        if fig.status in (NA, ERROR) and fig.reason and len(fig.reason) > 60:
+            parts.append(f"{fig.status}: {fig.reason}")
         if fig.baseline_label and fig.baseline_label != "—":
             parts.append(f"baseline: {fig.baseline_label}")
         if fig.ratio_label:
@@ -139,7 +155,7 @@ def print_table(figures: list[Figure], meta: dict[str, Any]) -> None:
                         f"{'quick' if meta.get('quick') else 'full'} run")
     for h in HEADERS:
         table.add_column(h, overflow="fold", no_wrap=h == HEADERS[0])
-    styles = {PASS: "green", MISS: "bold red", NA: "yellow", INFO: "cyan"}
+    styles = {PASS: "green", MISS: "bold red", NA: "yellow", INFO: "cyan", ERROR: "bold red"}
     for fig in figures:
         cells = [escape(c) for c in _row(fig)]
         style = styles.get(fig.status)

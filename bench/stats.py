@@ -8,8 +8,11 @@ on both sides instead of on whichever ran second.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+
+import anyio
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,18 +29,6 @@ class Summary:
 
     def to_dict(self) -> dict[str, float | int]:
         return asdict(self)
-
-    def scaled(self, factor: float) -> "Summary":
-        """The same series in another unit (e.g. seconds -> ms)."""
-        return Summary(
-            median=self.median * factor,
-            p90=self.p90 * factor,
-            p99=self.p99 * factor,
-            n=self.n,
-            min=self.min * factor,
-            max=self.max * factor,
-            mean=self.mean * factor,
-        )
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -71,7 +62,13 @@ def summarize(samples: Sequence[float]) -> Summary:
     )
 
 
-Sampler = Callable[[], Awaitable[float | Sequence[float] | None]]
+Sample = float | Sequence[float] | Mapping[str, float | Sequence[float]] | None
+Sampler = Callable[[], Awaitable[Sample]]
+
+
+def ms_since(t0_ns: int) -> float:
+    """Milliseconds of CLOCK_MONOTONIC since `t0_ns` (comparable across processes on Linux)."""
+    return (time.monotonic_ns() - t0_ns) / 1e6
 
 
 def abba_order(names: Sequence[str], round_index: int) -> list[str]:
@@ -79,23 +76,40 @@ def abba_order(names: Sequence[str], round_index: int) -> list[str]:
     return list(names) if round_index % 2 == 0 else list(reversed(names))
 
 
+def _add(out: dict[str, list[float]], name: str, got: float | Sequence[float]) -> None:
+    series = out.setdefault(name, [])
+    if isinstance(got, (int, float)):
+        series.append(float(got))
+    else:
+        series.extend(float(v) for v in got)
+
+
 async def interleave(
-    samplers: Mapping[str, Sampler], *, rounds: int, warmup: int = 1
+    samplers: Mapping[str, Sampler], *, rounds: int, warmup: int = 1,
+    period: float | None = None,
 ) -> dict[str, list[float]]:
     """Run every sampler once per round in ABBA order; drop the first `warmup` rounds.
 
-    A sampler returns one sample, a batch of samples (e.g. 50 round trips), or None when it
-    records its own samples; a batch from a warm-up round is discarded whole.
+    A sampler returns one sample, a batch of samples (e.g. 50 round trips), a mapping of series
+    name -> sample(s) when one run yields several figures, or None for "nothing to record"; a
+    result from a warm-up round is discarded whole. Plain results are filed under the sampler's
+    name. `period` paces the rounds (a rate limit, e.g. under ib_async's 45 msg/s throttle).
     """
     names = list(samplers)
     out: dict[str, list[float]] = {name: [] for name in names}
     for r in range(warmup + rounds):
+        t_round = time.monotonic_ns()
         for name in abba_order(names, r):
             got = await samplers[name]()
             if r < warmup or got is None:
                 continue
-            if isinstance(got, (int, float)):
-                out[name].append(float(got))
+            if isinstance(got, Mapping):
+                for series, values in got.items():
+                    _add(out, series, values)
             else:
-                out[name].extend(float(v) for v in got)
+                _add(out, name, got)
+        if period is not None:
+            left = period - (time.monotonic_ns() - t_round) / 1e9
+            if left > 0:
+                await anyio.sleep(left)
     return out

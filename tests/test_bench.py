@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 
+import bench.__main__ as bench_main
+from bench import figures
 from bench.figures import FIGURES
 from bench.report import README_BEGIN, README_END
-from bench.stats import abba_order, percentile, summarize
+from bench.stats import abba_order, interleave, percentile, summarize
 
 REPO = Path(__file__).resolve().parent.parent
-STATUSES = {"PASS", "MISS", "info", "n/a"}
+MEASURED = {"PASS", "MISS", "info"}  # a whole run measures every figure: no n/a, no error
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +41,7 @@ def test_every_figure_is_present_and_well_formed(quick_run) -> None:
     got = {f["key"]: f for f in doc["figures"]}
     assert set(got) == {key for key, *_ in FIGURES}
     for key, fig in got.items():
-        assert fig["status"] in STATUSES, key
-        if fig["status"] == "n/a":
-            assert isinstance(fig["reason"], str) and fig["reason"], f"{key}: n/a without reason"
-            continue
+        assert fig["status"] in MEASURED, f"{key}: {fig['status']} ({fig['reason']})"
         value = fig["value"]
         for stat in ("median", "p90", "p99", "n"):
             assert _is_number(value[stat]), f"{key}.{stat} = {value[stat]!r}"
@@ -53,6 +52,17 @@ def test_every_figure_is_present_and_well_formed(quick_run) -> None:
         if fig["baseline"] is not None:
             for stat in ("median", "p90", "p99", "n"):
                 assert _is_number(fig["baseline"][stat]), f"{key} baseline {stat}"
+
+
+def test_warm_spare_rows_come_from_the_managers_option(quick_run) -> None:
+    _, doc = quick_run
+    got = {f["key"]: f for f in doc["figures"]}
+    spare = got["warm_spare"]
+    spawned, adopted = (int(x) for x in spare["extra"]["spares spawned / adopted"].split(" / "))
+    assert adopted == spare["value"]["n"] and spawned >= adopted
+    recovery = got["recovery_kill_spare"]
+    assert recovery["value"]["n"] == spare["value"]["n"]  # the same samples
+    assert "recovery_kill (no spare), this run" in recovery["other_baselines"]
 
 
 def test_meta_says_when_and_where(quick_run) -> None:
@@ -69,9 +79,7 @@ def test_table_names_every_figure_and_the_throttle(quick_run) -> None:
     for fig in doc["figures"]:
         assert fig["title"] in proc.stdout
         assert fig["status"] in proc.stdout
-    ping = next(f for f in doc["figures"] if f["key"] == "ping_rtt")
-    if ping["status"] != "n/a":
-        assert "45 msg/s" in proc.stdout
+    assert "45 msg/s" in proc.stdout
 
 
 def test_update_readme_rewrites_only_the_block(quick_run, tmp_path: Path) -> None:
@@ -122,3 +130,37 @@ def test_percentiles_interpolate_like_numpy() -> None:
 def test_abba_order_alternates() -> None:
     assert abba_order(["a", "b"], 0) == ["a", "b"]
     assert abba_order(["a", "b"], 1) == ["b", "a"]
+
+
+@pytest.mark.anyio
+async def test_interleave_drops_warmup_and_files_mapped_series() -> None:
+    calls: list[str] = []
+
+    async def a() -> dict[str, float]:
+        calls.append("a")
+        return {"a": len(calls), "a2": [1.0, 2.0]}
+
+    async def b() -> float:
+        calls.append("b")
+        return -len(calls)
+
+    got = await interleave({"a": a, "b": b}, rounds=2, warmup=1)
+    assert calls == ["a", "b", "b", "a", "a", "b"]
+    assert got == {"a": [4.0, 5.0], "b": [-3.0, -6.0], "a2": [1.0, 2.0, 1.0, 2.0]}
+
+
+def test_a_failing_group_is_an_error_row_and_exit_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def boom(ctx: figures.Context, figs: dict) -> None:
+        raise RuntimeError("boom")
+
+    others = [g for g in figures.GROUPS if "core_events" not in g[2]]
+    monkeypatch.setattr(figures, "GROUPS", [("boom", boom, ["core_events"]), *others])
+    out = tmp_path / "bench.json"
+    assert bench_main.main(["--quick", "--only", "boom", "--json", str(out)]) == 1
+    got = {f["key"]: f for f in json.loads(out.read_text())["figures"]}
+    assert got["core_events"]["status"] == "error"
+    assert "RuntimeError: boom" in got["core_events"]["reason"]
+    assert {f["status"] for k, f in got.items() if k != "core_events"} == {"n/a"}
+    assert "error (RuntimeError: boom)" in capsys.readouterr().out
