@@ -281,13 +281,12 @@ class Session:
 
         `one_at_a_time` names the ib_async request key to serialise on; waiting for it counts
         against the same timeout, so a queued request can never outlive its deadline."""
-        async def run() -> Any:
-            if one_at_a_time is None:
-                return await start()
-            async with self.lock(one_at_a_time):
-                return await start()
         try:
-            return await asyncio.wait_for(run(), timeout)
+            async with asyncio.timeout(timeout):  # no extra task, unlike wait_for on 3.11
+                if one_at_a_time is None:
+                    return await start()
+                async with self.lock(one_at_a_time):
+                    return await start()
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # noqa: BLE001 - mapped to a code, never silence
