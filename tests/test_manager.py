@@ -141,7 +141,7 @@ async def test_not_connected_fails_fast_or_waits(
         t0 = time.monotonic()
         with pytest.raises(NotConnected, match="not connected"):
             await m.request("ping")
-        assert time.monotonic() - t0 < 0.05
+        assert time.monotonic() - t0 < 0.25  # at once: no waiting for a session
         with pytest.raises(NotConnected, match="after waiting 0.3 s"):
             await m.request("ping", wait=0.3)
         assert time.monotonic() - t0 >= 0.3
