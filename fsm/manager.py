@@ -222,7 +222,8 @@ class _Worker:
         self.pid = proc.pid
         self.create_time = create_time
         self.pending: dict[int, _Pending] = {}
-        self.send_lock = anyio.Lock()
+        # fast_acquire: an uncontended send does not yield to the loop before writing
+        self.send_lock = anyio.Lock(fast_acquire=True)
         self.retiring = False
         self.stdin_closed = False
         self.stdout_done = anyio.Event()
@@ -844,10 +845,15 @@ class ConnectionManager:
         (a stopped worker whose pipe filled up must not block the actor)."""
         if w.stdin_closed or w.proc.stdin is None:
             return False
+        line = wp.encode(msg)
         try:
-            with anyio.fail_after(timeout):
+            if timeout is None:   # the caller's own scope bounds it: no second cancel scope
                 async with w.send_lock:
-                    await w.proc.stdin.send(wp.encode(msg))
+                    await w.proc.stdin.send(line)
+            else:
+                with anyio.fail_after(timeout):
+                    async with w.send_lock:
+                        await w.proc.stdin.send(line)
             return True
         except (OSError, TimeoutError, anyio.BrokenResourceError, anyio.ClosedResourceError):
             return False

@@ -53,13 +53,15 @@ class Worker:
 
     def __init__(self, out: BinaryIO) -> None:
         from worker.handlers import Context, registry
-        from worker.session import Session
+        from worker.session import CommandError, Session
 
         self._out = out
         self.registry = registry
         self._params_map = registry.params_map()
         self.ctx = Context(session=Session(self.emit))
         self.tasks: set[asyncio.Task[None]] = set()
+        self._loop = asyncio.get_running_loop()
+        self._command_error = CommandError
 
     def write(self, msg: Response | Event) -> None:
         try:
@@ -85,7 +87,7 @@ class Worker:
             return
         self.ctx.counters.requests += 1
         self.ctx.counters.in_flight += 1
-        task = asyncio.ensure_future(self._run(req, params))
+        task = self._loop.create_task(self._run(req, params))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
@@ -96,15 +98,13 @@ class Worker:
                            f"the rest of it is discarded"))
 
     async def _run(self, req: Request, params: object) -> None:
-        from worker.session import CommandError
-
         cmd = self.registry.get(req.command)
         assert cmd is not None
         try:
             data = await cmd.handler(self.ctx, params)
             resp = success(data, id=req.id)
             self.ctx.counters.succeeded += 1
-        except CommandError as exc:
+        except self._command_error as exc:
             resp = failure(exc.code, exc.message, id=req.id, ib_code=exc.ib_code)
             self.ctx.counters.failed += 1
         except Exception as exc:  # noqa: BLE001 - a request always gets an answer
@@ -126,25 +126,38 @@ class Worker:
             await asyncio.wait(set(self.tasks))
 
 
-async def read_lines(read: Callable[[], Awaitable[bytes]], on_line: Callable[[bytes], None],
-                     on_too_long: Callable[[int], None]) -> None:
+class LineSplitter:
     """Split chunks into lines; a line over MAX_LINE_BYTES is reported at once and skipped."""
-    buf = bytearray()
-    discarding = False
-    while chunk := await read():
+
+    __slots__ = ("_buf", "_discarding", "_on_line", "_on_too_long")
+
+    def __init__(self, on_line: Callable[[bytes], None],
+                 on_too_long: Callable[[int], None]) -> None:
+        self._buf = bytearray()
+        self._discarding = False
+        self._on_line = on_line
+        self._on_too_long = on_too_long
+
+    def feed(self, chunk: bytes) -> None:
+        buf, on_line, on_too_long = self._buf, self._on_line, self._on_too_long
         start = 0
         while True:
             nl = chunk.find(b"\n", start)
             if nl < 0:
-                if not discarding:
+                if not self._discarding:
                     buf += chunk[start:]
                     if len(buf) > MAX_LINE_BYTES:
                         on_too_long(len(buf))
                         buf.clear()
-                        discarding = True
-                break
-            if discarding:
-                discarding = False
+                        self._discarding = True
+                return
+            if self._discarding:
+                self._discarding = False
+            elif not buf:                       # the whole line is in this chunk: no copy via buf
+                if nl - start > MAX_LINE_BYTES:
+                    on_too_long(nl - start)
+                else:
+                    on_line(chunk[start:nl])
             else:
                 buf += chunk[start:nl]
                 if len(buf) > MAX_LINE_BYTES:
@@ -153,25 +166,84 @@ async def read_lines(read: Callable[[], Awaitable[bytes]], on_line: Callable[[by
                     on_line(bytes(buf))
                 buf.clear()
             start = nl + 1
-    if buf and not discarding:
-        on_line(bytes(buf))
+
+    def close(self) -> None:
+        """At EOF: a last line without its newline is still a line."""
+        if self._buf and not self._discarding:
+            self._on_line(bytes(self._buf))
+        self._buf.clear()
 
 
-async def stdin_reader() -> Callable[[], Awaitable[bytes]]:
-    """An asyncio stream reader when stdin is a pipe or socket (the manager's case).
+async def read_lines(read: Callable[[], Awaitable[bytes]], on_line: Callable[[bytes], None],
+                     on_too_long: Callable[[int], None]) -> None:
+    """Feed chunks from read() to a LineSplitter until EOF."""
+    splitter = LineSplitter(on_line, on_too_long)
+    while chunk := await read():
+        splitter.feed(chunk)
+    splitter.close()
 
-    A regular file, /dev/null (epoll refuses both) or a terminal (the pipe transport would leave
-    it non-blocking for the shell) is read by a thread instead.
+
+class _StdinProtocol(asyncio.Protocol):
+    """Dispatches lines straight from data_received: no StreamReader wake-up in between."""
+
+    def __init__(self, splitter: LineSplitter, done: asyncio.Future[None]) -> None:
+        self._splitter = splitter
+        self._done = done
+        self._transport: asyncio.ReadTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def _fail(self, exc: BaseException) -> None:
+        if not self._done.done():
+            self._done.set_exception(exc)
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self._done.done():
+            return
+        try:
+            self._splitter.feed(data)
+        except BaseException as exc:  # noqa: BLE001 - StdoutGone etc. end serve() as before
+            self._fail(exc)
+
+    def eof_received(self) -> bool | None:
+        if not self._done.done():
+            try:
+                self._splitter.close()
+            except BaseException as exc:  # noqa: BLE001
+                self._fail(exc)
+                return None
+            self._done.set_result(None)
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._done.done():
+            if exc is None:
+                self._done.set_result(None)
+            else:
+                self._done.set_exception(exc)
+
+
+async def read_stdin(on_line: Callable[[bytes], None],
+                     on_too_long: Callable[[int], None]) -> None:
+    """Dispatch stdin's lines until EOF.
+
+    A pipe or socket (the manager's case) is read by a protocol that splits and dispatches in
+    data_received. A regular file, /dev/null (epoll refuses both) or a terminal (the pipe
+    transport would leave it non-blocking for the shell) is read by a thread instead.
     """
     loop = asyncio.get_running_loop()
     fd = sys.stdin.fileno()
     mode = os.fstat(fd).st_mode
     if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
-        reader = asyncio.StreamReader(limit=MAX_LINE_BYTES + 1, loop=loop)
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop),
-                                     sys.stdin.buffer)
-        return lambda: reader.read(CHUNK)
-    return lambda: loop.run_in_executor(None, os.read, fd, CHUNK)
+        done: asyncio.Future[None] = loop.create_future()
+        splitter = LineSplitter(on_line, on_too_long)
+        await loop.connect_read_pipe(lambda: _StdinProtocol(splitter, done), sys.stdin.buffer)
+        await done
+        return
+    await read_lines(lambda: loop.run_in_executor(None, os.read, fd, CHUNK), on_line, on_too_long)
 
 
 async def serve(out: BinaryIO) -> int:
@@ -180,8 +252,7 @@ async def serve(out: BinaryIO) -> int:
     worker = Worker(out)
     worker.write(event(EventName.READY, {"pid": os.getpid(), "ib_async": ib_async.__version__,
                                          "protocol": PROTOCOL_VERSION}))
-    read = await stdin_reader()
-    await read_lines(read, worker.handle_line, worker.line_too_long)
+    await read_stdin(worker.handle_line, worker.line_too_long)
     log.info("stdin closed; answering %d request(s) in flight, then exiting",
              len(worker.tasks))
     await worker.drain()
