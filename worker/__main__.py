@@ -31,8 +31,8 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, BinaryIO
 
 from worker.protocol import (
-    MAX_LINE_BYTES, PROTOCOL_VERSION, Code, Event, EventName, ProtocolError, Request, Response,
-    decode_command, encode, event, failure, success,
+    MAX_LINE_BYTES, PROTOCOL_VERSION, Code, CommandError, Event, EventName, ProtocolError, Request,
+    Response, decode_command, encode, event, failure, success,
 )
 
 if TYPE_CHECKING:      # worker.session imports ib_async + the guard: only after main()'s check
@@ -53,7 +53,7 @@ class Worker:
 
     def __init__(self, out: BinaryIO) -> None:
         from worker.handlers import Context, registry
-        from worker.session import CommandError, Session
+        from worker.session import Session
 
         self._out = out
         self.registry = registry
@@ -61,7 +61,6 @@ class Worker:
         self.ctx = Context(session=Session(self.emit))
         self.tasks: set[asyncio.Task[None]] = set()
         self._loop = asyncio.get_running_loop()
-        self._command_error = CommandError
 
     def write(self, msg: Response | Event) -> None:
         try:
@@ -104,7 +103,7 @@ class Worker:
             data = await cmd.handler(self.ctx, params)
             resp = success(data, id=req.id)
             self.ctx.counters.succeeded += 1
-        except self._command_error as exc:
+        except CommandError as exc:
             resp = failure(exc.code, exc.message, id=req.id, ib_code=exc.ib_code)
             self.ctx.counters.failed += 1
         except Exception as exc:  # noqa: BLE001 - a request always gets an answer

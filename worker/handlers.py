@@ -23,10 +23,10 @@ from msgspec import Struct
 from worker import guard
 from worker.protocol import (
     COMMAND_PARAMS, DEFAULT_REQUEST_TIMEOUT, PROTOCOL_VERSION, AccountParams, AccountsResult,
-    AccountSummaryResult, Code, ConnectParams, NoParams, Params, PingResult, PositionRow,
-    PositionsResult, SummaryRow, TimeoutParams,
+    AccountSummaryResult, Code, CommandError, ConnectParams, NoParams, Params, PingResult,
+    PositionRow, PositionsResult, SummaryRow, TimeoutParams,
 )
-from worker.session import CommandError, Session
+from worker.session import Session
 
 P = TypeVar("P", bound=Params)
 Result = Mapping[str, Any] | Struct

@@ -87,6 +87,16 @@ class ProtocolError(Exception):
         return failure(self.code, self.message, id=self.id)
 
 
+class CommandError(Exception):
+    """A handler's typed failure: becomes {"status": "error", "error": {code, message, ib_code}}."""
+
+    def __init__(self, code: str, message: str, ib_code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.ib_code = ib_code
+
+
 # --------------------------------------------------------------------------------------------
 # Parameters, one struct per command
 

@@ -28,19 +28,11 @@ from ib_async import IB
 from ib_async.wrapper import RequestError
 
 from worker import guard
-from worker.protocol import Code, ConnectParams, ConnectResult, Event, EventName, event
+from worker.protocol import (
+    Code, CommandError, ConnectParams, ConnectResult, Event, EventName, event,
+)
 
 log = logging.getLogger("worker.session")
-
-
-class CommandError(Exception):
-    """A handler's typed failure: becomes {"status": "error", "error": {code, message, ib_code}}."""
-
-    def __init__(self, code: str, message: str, ib_code: int | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.ib_code = ib_code
 
 
 class Phase(StrEnum):
