@@ -53,8 +53,7 @@ async def run(args: argparse.Namespace) -> tuple[list[Figure], dict[str, Any], i
         async with F.SimHost() as sim:
             # A benchmark must not trip a fault by accident (fast close at shutdown).
             await sim.call("red_on_fast_close", None)
-            ctx = F.Context(sizes=sizes, state_dir=Path(state_dir), sim=sim,
-                            backend=args.backend)
+            ctx = F.Context(sizes=sizes, state_dir=Path(state_dir), sim=sim, backend=args.backend)
             for name, fn, keys in F.GROUPS:
                 if wanted and not (wanted & set(keys)) and name not in wanted:
                     for k in keys:
@@ -64,7 +63,7 @@ async def run(args: argparse.Namespace) -> tuple[list[Figure], dict[str, Any], i
                 ctx.log(f"bench: {name} ...")
                 try:
                     await fn(ctx, {k: figs[k] for k in keys})
-                except Exception as exc:  # noqa: BLE001 — report, keep going, exit non-zero
+                except Exception as exc:
                     errors += 1
                     traceback.print_exc(file=sys.stderr)
                     for k in keys:
@@ -87,14 +86,25 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--quick", action="store_true", help="a short pass (< ~60 s)")
     p.add_argument("--json", metavar="FILE", type=Path, help="also write the results as JSON")
-    p.add_argument("--update-readme", action="store_true",
-                   help="rewrite the README block between the bench markers with this table")
+    p.add_argument(
+        "--update-readme",
+        action="store_true",
+        help="rewrite the README block between the bench markers with this table",
+    )
     p.add_argument("--readme", type=Path, default=REPO / "README.md", help=argparse.SUPPRESS)
-    p.add_argument("--from-json", metavar="FILE", type=Path,
-                   help="do not measure: render (and --update-readme) from a saved JSON")
+    p.add_argument(
+        "--from-json",
+        metavar="FILE",
+        type=Path,
+        help="do not measure: render (and --update-readme) from a saved JSON",
+    )
     p.add_argument("--only", metavar="KEYS", help="comma-separated figure keys or group names")
-    p.add_argument("--backend", default="asyncio", choices=["asyncio", "trio"],
-                   help="anyio backend of the bench process and the trader-side children")
+    p.add_argument(
+        "--backend",
+        default="asyncio",
+        choices=["asyncio", "trio"],
+        help="anyio backend of the bench process and the trader-side children",
+    )
     args = p.parse_args(argv)
 
     if args.from_json:
@@ -116,11 +126,11 @@ def main(argv: list[str] | None = None) -> int:
             import importlib.metadata as md
 
             meta["ib_async"] = md.version("ib_async")
-        except Exception:  # noqa: BLE001
+        except Exception:
             meta["ib_async"] = "?"
         try:
             figs, extra, errors = anyio.run(run, args, backend=args.backend)
-        except Exception:  # noqa: BLE001
+        except Exception:
             traceback.print_exc()
             return 2
         meta.update(extra)
@@ -148,8 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         if update_readme(args.readme, markdown_table(figs, meta)):
             print(f"updated the bench block in {args.readme}", file=sys.stderr)
         else:
-            print(f"{args.readme}: no such file, or no bench markers in it; left alone",
-                  file=sys.stderr)
+            print(f"{args.readme}: no such file, or no bench markers in it; left alone", file=sys.stderr)
     return 1 if errors else 0
 
 

@@ -60,8 +60,14 @@ async def throughput(call: Callable[[], Awaitable[Any]], callers: int, per_calle
     return callers * per_caller / elapsed
 
 
-async def child_event(argv: Sequence[str], event: str, *, timeout: float = 30.0,
-                      settle: float = 0.0, stderr_to_null: bool = True) -> dict[str, Any]:
+async def child_event(
+    argv: Sequence[str],
+    event: str,
+    *,
+    timeout: float = 30.0,
+    settle: float = 0.0,
+    stderr_to_null: bool = True,
+) -> dict[str, Any]:
     """Spawn `argv`, wait for its `event` line, wait `settle` s, then read RSS while it lives.
 
     Returns the event plus `elapsed_ms` (spawn -> event seen), `rss` (the child's) and
@@ -79,14 +85,17 @@ async def child_event(argv: Sequence[str], event: str, *, timeout: float = 30.0,
     return ev
 
 
-async def fresh_connect(host: str, port: int, client_id: int, *,
-                        keep: float = 0.0) -> dict[str, float]:
+async def fresh_connect(host: str, port: int, client_id: int, *, keep: float = 0.0) -> dict[str, float]:
     """`python bench/ib_fresh.py`: spawn -> connected, and its RSS while connected.
 
     Returns {total_ms, import_ms, connect_ms, rss}.
     """
-    ev = await child_event([PY, "-u", str(HERE / "ib_fresh.py"), host, str(port),
-                            str(client_id)], "connected", timeout=60, settle=keep)
+    ev = await child_event(
+        [PY, "-u", str(HERE / "ib_fresh.py"), host, str(port), str(client_id)],
+        "connected",
+        timeout=60,
+        settle=keep,
+    )
     return {
         "total_ms": ev["elapsed_ms"],
         "import_ms": float(ev["import_ms"]),
@@ -97,6 +106,5 @@ async def fresh_connect(host: str, port: int, client_id: int, *,
 
 async def idle_anyio_rss(settle: float = 0.2, backend: str = "asyncio") -> int:
     """RSS of an anyio process with a running loop and nothing else."""
-    ev = await child_event([PY, "-u", str(HERE / "mem_child.py"), "idle", backend], "ready",
-                           settle=settle)
+    ev = await child_event([PY, "-u", str(HERE / "mem_child.py"), "idle", backend], "ready", settle=settle)
     return int(ev["rss"])

@@ -7,6 +7,7 @@ it is the honest floor to compare the manager against.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
@@ -54,7 +55,7 @@ class LineClient:
         assert self.proc is not None
         return self.proc.pid
 
-    async def __aenter__(self) -> "LineClient":
+    async def __aenter__(self) -> LineClient:
         import subprocess
 
         self.proc = await anyio.open_process(
@@ -91,17 +92,13 @@ class LineClient:
             with anyio.move_on_after(grace) as scope:
                 await self.proc.wait()
             if scope.cancelled_caught:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     self.proc.kill()
-                except ProcessLookupError:
-                    pass
                 await self.proc.wait()
             for stream in (self.proc.stdout, self.proc.stderr):
                 if stream is not None:
-                    try:
+                    with contextlib.suppress(Exception):
                         await stream.aclose()
-                    except Exception:
-                        pass
 
     async def _reader(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
@@ -119,8 +116,12 @@ class LineClient:
                     self.events.append(msg)
                     self._event_seen.set()
                     self._event_seen = anyio.Event()
-        except (anyio.EndOfStream, anyio.IncompleteRead, anyio.ClosedResourceError,
-                anyio.BrokenResourceError):
+        except (
+            anyio.EndOfStream,
+            anyio.IncompleteRead,
+            anyio.ClosedResourceError,
+            anyio.BrokenResourceError,
+        ):
             pass
         finally:
             for event, slot in self._pending.values():
@@ -156,8 +157,7 @@ class LineClient:
             raise got
         return got
 
-    async def wait_event(self, name: str, timeout: float = 30.0,
-                         key: str = "event") -> dict[str, Any]:
+    async def wait_event(self, name: str, timeout: float = 30.0, key: str = "event") -> dict[str, Any]:
         """Wait for an unsolicited line whose `key` is `name` (e.g. the worker's `ready`)."""
         with anyio.fail_after(timeout):
             while True:
@@ -174,4 +174,3 @@ def rss_bytes(pid: int) -> int:
     import psutil
 
     return int(psutil.Process(pid).memory_info().rss)
-

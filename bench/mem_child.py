@@ -39,8 +39,7 @@ async def idle() -> None:
     await _wait_stdin_eof()
 
 
-async def managers(n: int, port: int, client_id: int, state_dir: str,
-                   min_session: float = 5.0) -> None:
+async def managers(n: int, port: int, client_id: int, state_dir: str, min_session: float = 5.0) -> None:
     from contextlib import AsyncExitStack
     from pathlib import Path
 
@@ -52,8 +51,13 @@ async def managers(n: int, port: int, client_id: int, state_dir: str,
     async with AsyncExitStack() as stack:
         mgrs = []
         for i in range(n):
-            s = Settings(host="127.0.0.1", port=port, client_id=client_id + i,
-                         state_dir=Path(state_dir), min_session=min_session)
+            s = Settings(
+                host="127.0.0.1",
+                port=port,
+                client_id=client_id + i,
+                state_dir=Path(state_dir),
+                min_session=min_session,
+            )
             mgrs.append(ConnectionManager(s))
 
         async def start(i: int) -> None:
@@ -69,13 +73,15 @@ async def managers(n: int, port: int, client_id: int, state_dir: str,
         for m in mgrs:
             for _ in range(5):
                 await m.request("status", timeout=30)
-        _say({
-            "event": "ready",
-            "pid": os.getpid(),
-            "connect_ms": [(c - t0) / 1e6 for c in connected_ns],
-            "all_ms": (t_all - t0) / 1e6,
-            "worker_pids": [m.worker_pid for m in mgrs],
-        })
+        _say(
+            {
+                "event": "ready",
+                "pid": os.getpid(),
+                "connect_ms": [(c - t0) / 1e6 for c in connected_ns],
+                "all_ms": (t_all - t0) / 1e6,
+                "worker_pids": [m.worker_pid for m in mgrs],
+            }
+        )
         await _wait_stdin_eof()
 
 

@@ -116,8 +116,7 @@ def _row(fig: Figure) -> list[str]:
     return [f"{fig.title} [{fig.unit}]", *cells, base, ratio, fig.target, result]
 
 
-HEADERS = ["figure [unit]", "median", "p90", "p99", "n", "baseline (median)", "ratio", "target",
-           "result"]
+HEADERS = ["figure [unit]", "median", "p90", "p99", "n", "baseline (median)", "ratio", "target", "result"]
 
 
 def notes_lines(figures: list[Figure]) -> list[str]:
@@ -134,8 +133,10 @@ def notes_lines(figures: list[Figure]) -> list[str]:
         if fig.ratio_label:
             parts.append(f"ratio = {fig.ratio_label}")
         for name, s in fig.others.items():
-            parts.append(f"{name}: median {fmt(s.median, fig.unit)} p90 {fmt(s.p90, fig.unit)} "
-                         f"p99 {fmt(s.p99, fig.unit)} n {s.n}")
+            parts.append(
+                f"{name}: median {fmt(s.median, fig.unit)} p90 {fmt(s.p90, fig.unit)} "
+                f"p99 {fmt(s.p99, fig.unit)} n {s.n}"
+            )
         for k, v in fig.extra.items():
             parts.append(f"{k} = {fmt(v, '') if isinstance(v, float) else v}")
         parts.extend(fig.notes)
@@ -150,9 +151,11 @@ def print_table(figures: list[Figure], meta: dict[str, Any]) -> None:
     from rich.table import Table
 
     console = Console(width=200)
-    table = Table(title=f"ibgw-fsm bench — {meta['date']} — {meta['cores']} cores, "
-                        f"load {meta.get('load_before', '?')} — "
-                        f"{'quick' if meta.get('quick') else 'full'} run")
+    table = Table(
+        title=f"ibgw-fsm bench — {meta['date']} — {meta['cores']} cores, "
+        f"load {meta.get('load_before', '?')} — "
+        f"{'quick' if meta.get('quick') else 'full'} run"
+    )
     for h in HEADERS:
         table.add_column(h, overflow="fold", no_wrap=h == HEADERS[0])
     styles = {PASS: "green", MISS: "bold red", NA: "yellow", INFO: "cyan", ERROR: "bold red"}
@@ -188,11 +191,10 @@ def markdown_table(figures: list[Figure], meta: dict[str, Any]) -> str:
     lines.append("")
     lines.append("Notes (per figure: the baseline, what the ratio is, breakdowns):")
     lines.append("")
-    for line in notes_lines(figures) + list(meta.get("notes", [])):
-        key, sep, rest = line.partition(": ")
-        if sep and key.replace("_", "").isalnum() and key.islower():
-            line = f"**{key}**: {rest}"
-        lines.append(f"- {line}")
+    for note in [*notes_lines(figures), *meta.get("notes", [])]:
+        key, sep, rest = note.partition(": ")
+        bold = sep and key.replace("_", "").isalnum() and key.islower()
+        lines.append(f"- **{key}**: {rest}" if bold else f"- {note}")
     return "\n".join(lines)
 
 
@@ -205,8 +207,13 @@ def figures_from_json(doc: dict[str, Any]) -> list[Figure]:
     """Rebuild figures from a saved JSON (for `--update-readme --from-json`)."""
     out = []
     for d in doc["figures"]:
-        fig = Figure(key=d["key"], title=d["title"], unit=d["unit"], target=d["target"],
-                     baseline_label=d.get("baseline_label", "—"))
+        fig = Figure(
+            key=d["key"],
+            title=d["title"],
+            unit=d["unit"],
+            target=d["target"],
+            baseline_label=d.get("baseline_label", "—"),
+        )
         fig.value = Summary(**d["value"]) if d.get("value") else None
         fig.baseline = Summary(**d["baseline"]) if d.get("baseline") else None
         fig.baseline_unit = d.get("baseline_unit")

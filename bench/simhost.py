@@ -50,18 +50,26 @@ def main() -> None:
             rid = req.get("id")
             try:
                 if req.get("snapshot"):
-                    send({"id": rid, "status": "success",
-                          "data": {"snapshot": _jsonable(sim.snapshot())}})
+                    send({"id": rid, "status": "success", "data": {"snapshot": _jsonable(sim.snapshot())}})
                     continue
                 t0 = time.monotonic_ns()
                 result = sim.call(req["call"], *req.get("args", []))
                 t1 = time.monotonic_ns()
-                send({"id": rid, "status": "success",
-                      "data": {"t0_ns": t0, "t1_ns": t1, "result": _jsonable(result)}})
+                send(
+                    {
+                        "id": rid,
+                        "status": "success",
+                        "data": {"t0_ns": t0, "t1_ns": t1, "result": _jsonable(result)},
+                    }
+                )
             except Exception as exc:  # report and keep serving
-                send({"id": rid, "status": "error",
-                      "error": {"code": "internal_error",
-                                "message": f"{type(exc).__name__}: {exc}"}})
+                send(
+                    {
+                        "id": rid,
+                        "status": "error",
+                        "error": {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"},
+                    }
+                )
 
 
 if __name__ == "__main__":

@@ -85,7 +85,10 @@ def _add(out: dict[str, list[float]], name: str, got: float | Sequence[float]) -
 
 
 async def interleave(
-    samplers: Mapping[str, Sampler], *, rounds: int, warmup: int = 1,
+    samplers: Mapping[str, Sampler],
+    *,
+    rounds: int,
+    warmup: int = 1,
     period: float | None = None,
 ) -> dict[str, list[float]]:
     """Run every sampler once per round in ABBA order; drop the first `warmup` rounds.

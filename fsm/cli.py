@@ -73,10 +73,7 @@ def build_settings(env: Mapping[str, str] | None = None, **flags: Any) -> Settin
         except SettingsError as exc:
             msg = _one_line(str(exc))
             flag = FLAG_OF.get(name, name)
-            if msg.startswith(f"{name}="):
-                msg = f"{flag}={msg[len(name) + 1:]}"
-            else:
-                msg = f"{flag}: {msg}"
+            msg = f"{flag}={msg[len(name) + 1 :]}" if msg.startswith(f"{name}=") else f"{flag}: {msg}"
             raise CliError(msg) from None
     return settings
 
@@ -97,13 +94,27 @@ def _state_dir_option(f: Any) -> Any:
 def _connection_options(f: Any) -> Any:
     opts = [
         click.option("--host", default=None, help="Gateway host [env IBKR_HOST, default 127.0.0.1]."),
-        click.option("--port", type=int, default=None, help="Gateway API port [env IBKR_PORT, default 4002]."),
-        click.option("--client-id", type=int, default=None,
-                     help="The one client id this manager uses [env IBKR_CLIENT_ID, default 1]."),
-        click.option("--readonly/--no-readonly", default=None,
-                     help="Read-only API session [env IBKR_READONLY, default readonly]."),
-        click.option("--timeout", "handshake_timeout", type=float, default=None,
-                     help="Handshake budget in seconds, at least 30 [env IBKR_TIMEOUT, default 30]."),
+        click.option(
+            "--port", type=int, default=None, help="Gateway API port [env IBKR_PORT, default 4002]."
+        ),
+        click.option(
+            "--client-id",
+            type=int,
+            default=None,
+            help="The one client id this manager uses [env IBKR_CLIENT_ID, default 1].",
+        ),
+        click.option(
+            "--readonly/--no-readonly",
+            default=None,
+            help="Read-only API session [env IBKR_READONLY, default readonly].",
+        ),
+        click.option(
+            "--timeout",
+            "handshake_timeout",
+            type=float,
+            default=None,
+            help="Handshake budget in seconds, at least 30 [env IBKR_TIMEOUT, default 30].",
+        ),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -139,9 +150,15 @@ def cli(ctx: click.Context) -> None:
 
 # --------------------------------------------------------------------------------------- diagram
 @cli.command()
-@click.option("--check", is_flag=True, help="Write nothing; exit 1 listing the generated files that are stale.")
-@click.option("--root", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
-              help="Repository root holding diagrams/ and README.md (default: this checkout).")
+@click.option(
+    "--check", is_flag=True, help="Write nothing; exit 1 listing the generated files that are stale."
+)
+@click.option(
+    "--root",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Repository root holding diagrams/ and README.md (default: this checkout).",
+)
 def diagram(check: bool, root: Path | None) -> int:
     """Regenerate (or --check) diagrams/ and the README's diagram from fsm/core.py's table."""
     from fsm import diagram as d
@@ -182,13 +199,14 @@ def _sim_command() -> click.Command:
     def callback(**kwargs: Any) -> int:
         host = kwargs.get("host", "127.0.0.1")
         if not _is_loopback(host):
-            raise CliError(f"--host: {host!r} is not a loopback address; the simulator binds "
-                           f"loopback only")
+            raise CliError(f"--host: {host!r} is not a loopback address; the simulator binds loopback only")
         gsm.main.callback(**kwargs)  # type: ignore[misc]
         return EXIT_OK
 
     return click.Command(
-        "sim", params=list(gsm.main.params), callback=callback,
+        "sim",
+        params=list(gsm.main.params),
+        callback=callback,
         help="Run the simulated IB Gateway (same as `python -m gatewaysim`).\n\n"
         + (gsm.__doc__ or "").split("\n\n", 1)[-1],
         short_help="Run the simulated IB Gateway (faults: --fault NAME[=VALUE]).",
@@ -202,8 +220,9 @@ def _sim_command() -> click.Command:
 @click.option("--port", type=int, default=None, help="Only managers for this port.")
 @click.option("--client-id", type=int, default=None, help="Only the manager for this client id.")
 @_state_dir_option
-def status(as_json: bool, host: str | None, port: int | None, client_id: int | None,
-           state_dir: Path | None) -> int:
+def status(
+    as_json: bool, host: str | None, port: int | None, client_id: int | None, state_dir: Path | None
+) -> int:
     """Show the managers' status snapshots (reads files; never contacts the Gateway).
 
     Exit 0 when every live manager shown is CONNECTED, 1 when one is not (or its manager died),
@@ -213,13 +232,22 @@ def status(as_json: bool, host: str | None, port: int | None, client_id: int | N
 
     settings = build_settings(state_dir=state_dir)
     snaps = read_all(settings.state_dir) if Path(settings.state_dir).is_dir() else []
-    snaps = [s for s in snaps
-             if (host is None or s.get("host") == host)
-             and (port is None or s.get("port") == port)
-             and (client_id is None or s.get("client_id") == client_id)]
+    snaps = [
+        s
+        for s in snaps
+        if (host is None or s.get("host") == host)
+        and (port is None or s.get("port") == port)
+        and (client_id is None or s.get("client_id") == client_id)
+    ]
     if as_json:
-        click.echo(json.dumps({"state_dir": str(settings.state_dir), "managers": snaps},
-                              indent=2, sort_keys=True, default=str))
+        click.echo(
+            json.dumps(
+                {"state_dir": str(settings.state_dir), "managers": snaps},
+                indent=2,
+                sort_keys=True,
+                default=str,
+            )
+        )
     else:
         from fsm.views import print_status
 
@@ -232,8 +260,12 @@ def status(as_json: bool, host: str | None, port: int | None, client_id: int | N
 
 # -------------------------------------------------------------------------------------- doctor
 @cli.command()
-@click.option("--port", type=click.IntRange(1, 65535), default=None,
-              help="Gateway API port to inspect [env IBKR_PORT, default 4002].")
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Gateway API port to inspect [env IBKR_PORT, default 4002].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
 @_state_dir_option
 def doctor(port: int | None, as_json: bool, state_dir: Path | None) -> int:
@@ -259,10 +291,22 @@ def doctor(port: int | None, as_json: bool, state_dir: Path | None) -> int:
 @cli.command()
 @_connection_options
 @_state_dir_option
-@click.option("--backend", type=click.Choice(["asyncio", "trio"]), default="asyncio", show_default=True,
-              help="anyio backend for the manager (ib_async itself always runs in the worker).")
-def run(host: str | None, port: int | None, client_id: int | None, readonly: bool | None,
-        handshake_timeout: float | None, state_dir: Path | None, backend: str) -> int:
+@click.option(
+    "--backend",
+    type=click.Choice(["asyncio", "trio"]),
+    default="asyncio",
+    show_default=True,
+    help="anyio backend for the manager (ib_async itself always runs in the worker).",
+)
+def run(
+    host: str | None,
+    port: int | None,
+    client_id: int | None,
+    readonly: bool | None,
+    handshake_timeout: float | None,
+    state_dir: Path | None,
+    backend: str,
+) -> int:
     """Connect to a real Gateway and keep the session alive until Ctrl-C or SIGTERM.
 
     Prints every state change. On Ctrl-C / SIGTERM the worker is retired by process exit (stdin
@@ -271,18 +315,34 @@ def run(host: str | None, port: int | None, client_id: int | None, readonly: boo
     """
     from fsm.runner import run_forever
 
-    settings = build_settings(host=host, port=port, client_id=client_id, readonly=readonly,
-                              handshake_timeout=handshake_timeout, state_dir=state_dir)
+    settings = build_settings(
+        host=host,
+        port=port,
+        client_id=client_id,
+        readonly=readonly,
+        handshake_timeout=handshake_timeout,
+        state_dir=state_dir,
+    )
     return run_forever(settings, backend=backend)
 
 
 # ---------------------------------------------------------------------------------------- demo
 @cli.command()
 @click.option("--plain", is_flag=True, help="Plain lines instead of the live view (logs, CI).")
-@click.option("--backend", type=click.Choice(["asyncio", "trio"]), default="asyncio", show_default=True,
-              help="anyio backend for the manager and the simulator.")
-@click.option("--pace", type=click.FloatRange(0, 10), default=None, metavar="SECONDS",
-              help="Pause between steps so a person can follow [live view: 1.5; --plain: 0].")
+@click.option(
+    "--backend",
+    type=click.Choice(["asyncio", "trio"]),
+    default="asyncio",
+    show_default=True,
+    help="anyio backend for the manager and the simulator.",
+)
+@click.option(
+    "--pace",
+    type=click.FloatRange(0, 10),
+    default=None,
+    metavar="SECONDS",
+    help="Pause between steps so a person can follow [live view: 1.5; --plain: 0].",
+)
 def demo(plain: bool, backend: str, pace: float | None) -> int:
     """Play a scripted Gateway day against the built-in simulator (needs nothing but the install).
 
@@ -301,8 +361,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     from fsm.errors import IbgwError, SettingsError
 
     try:
-        rv = cli.main(args=list(argv) if argv is not None else None, prog_name="ibgw",
-                      standalone_mode=False)
+        rv = cli.main(args=list(argv) if argv is not None else None, prog_name="ibgw", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:
         click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
         sys.exit(EXIT_OK)

@@ -68,15 +68,18 @@ HANDSHAKE_FAILURES = frozenset(
 
 # ---- actions: what the driver must do, in list order -------------------------------------------
 
+
 @dataclass(frozen=True, slots=True)
 class SpawnWorker:
     """Start `python -m worker`; report worker_ready(pid) or worker_exited."""
+
     client_id: int
 
 
 @dataclass(frozen=True, slots=True)
 class SendConnect:
     """Send `connect` with these params; `timeout` is the handshake budget left, in seconds."""
+
     host: str
     port: int
     client_id: int
@@ -93,12 +96,14 @@ class SendProbe:
 class RetireWorker:
     """End the worker by process exit (stdin EOF, then SIGTERM, then SIGKILL), never by
     disconnect; report worker_exited when it is gone."""
+
     reason: Reason
 
 
 @dataclass(frozen=True, slots=True)
 class ReapZombies:
     """End stale workers of ours still holding this client id (the cause of a 326)."""
+
     client_id: int
 
 
@@ -114,6 +119,7 @@ Action = SpawnWorker | SendConnect | SendProbe | RetireWorker | ReapZombies | No
 class Transition:
     """One state change: for edges into DEGRADED_RED `reason` is why; for edges out of it, the
     reason being left; for shutdown, Reason.shutdown."""
+
     at_ns: int
     source: State
     event: str
@@ -123,9 +129,11 @@ class Transition:
 
 # ---- the transition table ------------------------------------------------------------------------
 
+
 class Edge(NamedTuple):
     """One row: `guards` are condition names ("!name" = must be false); `do` runs before the
     state changes. dest None = internal (no state change, not in history). First match wins."""
+
     source: State | tuple[State, ...]
     event: str
     dest: State | None
@@ -138,52 +146,61 @@ RUNNING = (SPAWNING, HANDSHAKING, CONNECTED, RED)
 
 TABLE: tuple[Edge, ...] = (
     # source       event                    dest          guards                                  do
-    Edge(IDLE,        "start",                 SPAWNING),
-    Edge(IDLE,        "worker_exited",         None,        ("retiring",),                       ("_worker_gone",)),
-    Edge(IDLE,        "shutdown",              None),
+    Edge(IDLE, "start", SPAWNING),
+    Edge(IDLE, "worker_exited", None, ("retiring",), ("_worker_gone",)),
+    Edge(IDLE, "shutdown", None),
     # SPAWNING: first let a retired worker exit, then spawn; the fresh worker says ready
-    Edge(SPAWNING,    "worker_exited",         None,        ("retiring",),                       ("_worker_gone", "_spawn")),
-    Edge(SPAWNING,    "worker_ready",          HANDSHAKING, ("!retiring",),                      ("_worker_up",)),
-    Edge(SPAWNING,    "worker_exited",         RED,         ("!retiring",),                      ("_worker_gone",)),
-    Edge(SPAWNING,    "spawn_timeout",         RED,         ("spawn_deadline_passed",)),
+    Edge(SPAWNING, "worker_exited", None, ("retiring",), ("_worker_gone", "_spawn")),
+    Edge(SPAWNING, "worker_ready", HANDSHAKING, ("!retiring",), ("_worker_up",)),
+    Edge(SPAWNING, "worker_exited", RED, ("!retiring",), ("_worker_gone",)),
+    Edge(SPAWNING, "spawn_timeout", RED, ("spawn_deadline_passed",)),
     # HANDSHAKING: the one connect, with the whole budget armed on entry
-    Edge(HANDSHAKING, "handshake_ok",          CONNECTED,   ("within_handshake_deadline",),      ("_session_up",)),
-    Edge(HANDSHAKING, "handshake_timeout",     RED,         ("handshake_deadline_passed",)),
-    Edge(HANDSHAKING, "handshake_failed",      RED),
-    Edge(HANDSHAKING, "session_lost",          RED,         (),                                  ("_session_gone",)),
-    Edge(HANDSHAKING, "worker_exited",         RED,         (),                                  ("_worker_gone",)),
+    Edge(HANDSHAKING, "handshake_ok", CONNECTED, ("within_handshake_deadline",), ("_session_up",)),
+    Edge(HANDSHAKING, "handshake_timeout", RED, ("handshake_deadline_passed",)),
+    Edge(HANDSHAKING, "handshake_failed", RED),
+    Edge(HANDSHAKING, "session_lost", RED, (), ("_session_gone",)),
+    Edge(HANDSHAKING, "worker_exited", RED, (), ("_worker_gone",)),
     # CONNECTED: probe, and reset the backoff once stable
-    Edge(CONNECTED,   "probe_due",             None,        ("probe_is_due",),                   ("_send_probe",)),
-    Edge(CONNECTED,   "probe_ok",              None,        (),                                  ("_probe_answered",)),
-    Edge(CONNECTED,   "backoff_reset",         None,        ("stable_period_elapsed",),          ("_reset_backoff",)),
-    Edge(CONNECTED,   "connectivity_restored", None,        (),                                  ("_restored",)),
-    Edge(CONNECTED,   "probe_timeout",         RED,         ("probe_overdue",)),
-    Edge(CONNECTED,   "probe_failed",          RED),
-    Edge(CONNECTED,   "connectivity_lost",     RED),
-    Edge(CONNECTED,   "session_lost",          RED,         (),                                  ("_session_gone",)),
-    Edge(CONNECTED,   "worker_exited",         RED,         (),                                  ("_worker_gone",)),
+    Edge(CONNECTED, "probe_due", None, ("probe_is_due",), ("_send_probe",)),
+    Edge(CONNECTED, "probe_ok", None, (), ("_probe_answered",)),
+    Edge(CONNECTED, "backoff_reset", None, ("stable_period_elapsed",), ("_reset_backoff",)),
+    Edge(CONNECTED, "connectivity_restored", None, (), ("_restored",)),
+    Edge(CONNECTED, "probe_timeout", RED, ("probe_overdue",)),
+    Edge(CONNECTED, "probe_failed", RED),
+    Edge(CONNECTED, "connectivity_lost", RED),
+    Edge(CONNECTED, "session_lost", RED, (), ("_session_gone",)),
+    Edge(CONNECTED, "worker_exited", RED, (), ("_worker_gone",)),
     # DEGRADED_RED: late good news that fits the reason revives a live session; else retry
-    Edge(RED,         "handshake_ok",          CONNECTED,   ("session_alive", "handshake_was_late"), ("_session_up",)),
-    Edge(RED,         "probe_ok",              CONNECTED,   ("session_alive", "probe_was_late"), ("_probe_answered",)),
-    Edge(RED,         "connectivity_restored", CONNECTED,   ("session_alive", "awaiting_restore"), ("_restored",)),
-    Edge(RED,         "worker_ready",          HANDSHAKING, ("worker_alive", "spawn_was_late"),  ("_worker_up",)),
+    Edge(RED, "handshake_ok", CONNECTED, ("session_alive", "handshake_was_late"), ("_session_up",)),
+    Edge(RED, "probe_ok", CONNECTED, ("session_alive", "probe_was_late"), ("_probe_answered",)),
+    Edge(RED, "connectivity_restored", CONNECTED, ("session_alive", "awaiting_restore"), ("_restored",)),
+    Edge(RED, "worker_ready", HANDSHAKING, ("worker_alive", "spawn_was_late"), ("_worker_up",)),
     # ... while waiting for 1101/1102 the session is kept and probed; losing it arms the backoff
-    Edge(RED,         "probe_due",             None,        ("probe_is_due",),                   ("_send_probe",)),
-    Edge(RED,         "probe_ok",              None,        ("awaiting_restore",),               ("_probe_answered",)),
-    Edge(RED,         "probe_timeout",         RED,         ("probe_overdue",)),
-    Edge(RED,         "probe_failed",          RED,         ("awaiting_restore",)),
-    Edge(RED,         "session_lost",          RED,         ("awaiting_restore",),               ("_session_gone",)),
-    Edge(RED,         "session_lost",          None,        ("session_alive", "!awaiting_restore"), ("_session_gone",)),
-    Edge(RED,         "worker_exited",         RED,         ("awaiting_restore",),               ("_worker_gone",)),
-    Edge(RED,         "worker_exited",         None,        ("worker_alive", "!awaiting_restore"), ("_worker_gone",)),
-    Edge(RED,         "retry",                 SPAWNING,    ("backoff_elapsed", "min_session_elapsed"), ("_count_retry",)),
+    Edge(RED, "probe_due", None, ("probe_is_due",), ("_send_probe",)),
+    Edge(RED, "probe_ok", None, ("awaiting_restore",), ("_probe_answered",)),
+    Edge(RED, "probe_timeout", RED, ("probe_overdue",)),
+    Edge(RED, "probe_failed", RED, ("awaiting_restore",)),
+    Edge(RED, "session_lost", RED, ("awaiting_restore",), ("_session_gone",)),
+    Edge(RED, "session_lost", None, ("session_alive", "!awaiting_restore"), ("_session_gone",)),
+    Edge(RED, "worker_exited", RED, ("awaiting_restore",), ("_worker_gone",)),
+    Edge(RED, "worker_exited", None, ("worker_alive", "!awaiting_restore"), ("_worker_gone",)),
+    Edge(RED, "retry", SPAWNING, ("backoff_elapsed", "min_session_elapsed"), ("_count_retry",)),
     # shutdown from anywhere: retire the worker by process exit
-    Edge(RUNNING,     "shutdown",              IDLE),
+    Edge(RUNNING, "shutdown", IDLE),
 )
 
 EVENTS = (
-    "start", "worker_ready", "handshake_ok", "handshake_failed", "worker_exited", "session_lost",
-    "connectivity_lost", "connectivity_restored", "probe_ok", "probe_failed", "shutdown",
+    "start",
+    "worker_ready",
+    "handshake_ok",
+    "handshake_failed",
+    "worker_exited",
+    "session_lost",
+    "connectivity_lost",
+    "connectivity_restored",
+    "probe_ok",
+    "probe_failed",
+    "shutdown",
 )
 """Inputs from the driver (each a ConnectionCore method); the rest of TABLE's events are timers."""
 
@@ -260,8 +277,8 @@ class _Model:
         self.arg_data_lost = False
         # worker and session
         self.reason: Reason | None = None
-        self.alive = False          # a worker is spawned and not reported exited
-        self.retire_sent = False    # RetireWorker issued for it
+        self.alive = False  # a worker is spawned and not reported exited
+        self.retire_sent = False  # RetireWorker issued for it
         self.pid: int | None = None
         self.socket_closed = False  # session_lost seen for this worker
         self.session_started: int | None = None
@@ -452,8 +469,11 @@ class _Model:
         +-jitter is applied to it (so at the cap a delay is 96-144 s), dispersing retries."""
         s = self.settings
         self.failures += 1
-        self.backoff_s = s.backoff_initial if self.failures == 1 else min(
-            self.backoff_s * s.backoff_multiplier, s.backoff_max)
+        self.backoff_s = (
+            s.backoff_initial
+            if self.failures == 1
+            else min(self.backoff_s * s.backoff_multiplier, s.backoff_max)
+        )
         delay = self.backoff_s * (1 + self.rng.uniform(-s.backoff_jitter, s.backoff_jitter))
         self.retry_at = self.now + max(1, _ns(delay))
 
@@ -493,8 +513,12 @@ class ConnectionCore:
             for s, (enter, exit_) in _STATE_HOOKS.items()
         ]
         self._machine = Machine(
-            model=m, states=states, initial=IDLE, transitions=_machine_transitions(self._table),
-            auto_transitions=False, send_event=False,
+            model=m,
+            states=states,
+            initial=IDLE,
+            transitions=_machine_transitions(self._table),
+            auto_transitions=False,
+            send_event=False,
         )
         self._events = self._machine.events
 
@@ -650,13 +674,20 @@ class ConnectionCore:
     def _deadlines(self) -> tuple[int | None, ...]:
         """Armed deadlines in TIMERS order (None = not armed)."""
         m = self._m
-        return (m.spawn_deadline, m.handshake_deadline, m.probe_deadline, self._retry_due(),
-                m.stable_at, m.probe_due_at)
+        return (
+            m.spawn_deadline,
+            m.handshake_deadline,
+            m.probe_deadline,
+            self._retry_due(),
+            m.stable_at,
+            m.probe_due_at,
+        )
 
     def _expiry_due(self, now: int) -> bool:
         m = self._m
-        return any(d is not None and d <= now
-                   for d in (m.spawn_deadline, m.handshake_deadline, m.probe_deadline))
+        return any(
+            d is not None and d <= now for d in (m.spawn_deadline, m.handshake_deadline, m.probe_deadline)
+        )
 
     def _retry_due(self) -> int | None:
         m = self._m
@@ -677,8 +708,11 @@ class ConnectionCore:
         """Fire the due `timers`, earliest first, until none is due (each firing re-arms past now)."""
         m = self._m
         while True:
-            due = [(d, i) for i, d in enumerate(self._deadlines())
-                   if d is not None and d <= m.now and TIMERS[i] in timers]
+            due = [
+                (d, i)
+                for i, d in enumerate(self._deadlines())
+                if d is not None and d <= m.now and TIMERS[i] in timers
+            ]
             if not due:
                 return
             event = TIMERS[min(due)[1]]
@@ -690,8 +724,12 @@ class ConnectionCore:
 
     def _invalid(self, event: str) -> InvalidEvent:
         m = self._m
-        edges = [e for e in self._table if e.event == event and
-                 (m.state in e.source if isinstance(e.source, tuple) else m.state is e.source)]
+        edges = [
+            e
+            for e in self._table
+            if e.event == event
+            and (m.state in e.source if isinstance(e.source, tuple) else m.state is e.source)
+        ]
         if not edges:
             detail = f"no {event} edge leaves {m.state.value}"
         else:
@@ -703,8 +741,7 @@ class ConnectionCore:
 
     def _save(self) -> tuple[Any, ...]:
         m = self._m
-        return (dict(vars(m)), dict(m.time_in), dict(m.red_by_reason), list(m.history),
-                m.rng.getstate())
+        return (dict(vars(m)), dict(m.time_in), dict(m.red_by_reason), list(m.history), m.rng.getstate())
 
     def _restore(self, saved: tuple[Any, ...]) -> None:
         fields, time_in, red_by_reason, history, rng_state = saved

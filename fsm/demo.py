@@ -54,8 +54,21 @@ DEMO_TIMERS: dict[str, float] = {
 SPAWN_AND_CONNECT = 40.0
 DETECT = 10.0
 
-SIM_KINDS = {"RED", "restart", "handshake", "326", "client_close", "server_close", "hold",
-             "hold_expired", "hello_ignored", "connectivity", "down", "up", "drop_all"}
+SIM_KINDS = {
+    "RED",
+    "restart",
+    "handshake",
+    "326",
+    "client_close",
+    "server_close",
+    "hold",
+    "hold_expired",
+    "hello_ignored",
+    "connectivity",
+    "down",
+    "up",
+    "drop_all",
+}
 
 
 class StepFailed(Exception):
@@ -76,14 +89,23 @@ class Phase:
 
 PHASES = (
     ("connect", "connect", "start the manager; IDLE -> SPAWNING -> HANDSHAKING -> CONNECTED"),
-    ("red", "Gateway API goes RED",
-     "the API layer stops answering while TCP still accepts; the probe must notice"),
-    ("restart", "operator restart",
-     "restart the Gateway: the hanging handshake ends; reconnect with the same client id"),
+    (
+        "red",
+        "Gateway API goes RED",
+        "the API layer stops answering while TCP still accepts; the probe must notice",
+    ),
+    (
+        "restart",
+        "operator restart",
+        "restart the Gateway: the hanging handshake ends; reconnect with the same client id",
+    ),
     ("crash", "worker crash", "SIGKILL our worker; respawn; reconnect with the same client id"),
-    ("zombie", "stale worker holding the client id",
-     "a trader dies hard and leaves its worker holding the id; the restarted trader's manager "
-     "reaps it; 326 -> backoff -> same id"),
+    (
+        "zombie",
+        "stale worker holding the client id",
+        "a trader dies hard and leaves its worker holding the id; the restarted trader's manager "
+        "reaps it; 326 -> backoff -> same id",
+    ),
     ("nightly", "nightly 1100 -> 1102", "upstream connectivity lost and restored; session kept"),
     ("shutdown", "clean shutdown", "retire the worker by process exit; never disconnect"),
 )
@@ -142,13 +164,15 @@ class Demo:
         async for item in sub:
             if isinstance(item, StateChange):
                 reason = f"  ({item.reason})" if item.reason else ""
-                self.say(f"{item.source} --{item.event}--> {item.dest}{reason}",
-                         at=self.t(item.at_ns), kind="transition")
+                self.say(
+                    f"{item.source} --{item.event}--> {item.dest}{reason}",
+                    at=self.t(item.at_ns),
+                    kind="transition",
+                )
             else:
                 code = f" {item.code}" if item.code is not None else ""
                 self.notices.append(item)
-                self.say(f"notice {item.kind}{code}: {item.message}", at=self.t(item.at_ns),
-                         kind="notice")
+                self.say(f"notice {item.kind}{code}: {item.message}", at=self.t(item.at_ns), kind="notice")
             self._wake()
         self._wake()
 
@@ -157,8 +181,9 @@ class Demo:
             self.say(f"gateway: {ev.kind} {ev.detail}", at=(ev.at * 1e9 - self.t0) / 1e9, kind="sim")
         self._wake()
 
-    async def wait_transition(self, pred: Callable[[Transition], bool], *, since: int,
-                              timeout: float, what: str) -> Transition:
+    async def wait_transition(
+        self, pred: Callable[[Transition], bool], *, since: int, timeout: float, what: str
+    ) -> Transition:
         """The first transition at index >= since that matches; StepFailed at the deadline."""
         run = self.current
         assert run is not None
@@ -171,13 +196,13 @@ class Demo:
             left = deadline - time.monotonic()
             if left <= 0:
                 m = run.manager
-                raise StepFailed(f"no {what} within {timeout:g} s (state {m.state}, "
-                                 f"reason {m.reason or '-'})")
+                raise StepFailed(
+                    f"no {what} within {timeout:g} s (state {m.state}, reason {m.reason or '-'})"
+                )
             with anyio.move_on_after(left):
                 await self._pulse.wait()
 
-    async def wait_notice(self, pred: Callable[[Any], bool], *, since: int, timeout: float,
-                          what: str) -> Any:
+    async def wait_notice(self, pred: Callable[[Any], bool], *, since: int, timeout: float, what: str) -> Any:
         """The first published notice at index >= since that matches; StepFailed at the deadline."""
         deadline = time.monotonic() + timeout
         while True:
@@ -194,7 +219,8 @@ class Demo:
         """Wait for the simulator to report `kind` (monotonic seconds >= after)."""
         try:
             await self.sim.wait_until(
-                lambda g: any(e.kind == kind and e.at >= after for e in g.events), timeout)
+                lambda g: any(e.kind == kind and e.at >= after for e in g.events), timeout
+            )
         except TimeoutError:
             raise StepFailed(f"the simulator did not report {kind!r} within {timeout:g} s") from None
 
@@ -227,9 +253,13 @@ class Demo:
                     sim = GatewaySim(on_event=self._on_sim_event)
                     await tg.start(sim.serve)
                     self.sim = self.view.sim = sim
-                    self.settings = Settings(host="127.0.0.1", port=sim.port,
-                                             client_id=DEMO_CLIENT_ID, state_dir=Path(state_dir),
-                                             **DEMO_TIMERS)
+                    self.settings = Settings(
+                        host="127.0.0.1",
+                        port=sim.port,
+                        client_id=DEMO_CLIENT_ID,
+                        state_dir=Path(state_dir),
+                        **DEMO_TIMERS,
+                    )
                     self._tg = tg
                     self.view.start(self)
                     try:
@@ -246,8 +276,12 @@ class Demo:
 
     async def _script(self) -> None:
         steps = {
-            "connect": self.step_connect, "red": self.step_red, "restart": self.step_restart,
-            "crash": self.step_crash, "zombie": self.step_zombie, "nightly": self.step_nightly,
+            "connect": self.step_connect,
+            "red": self.step_red,
+            "restart": self.step_restart,
+            "crash": self.step_crash,
+            "zombie": self.step_zombie,
+            "nightly": self.step_nightly,
             "shutdown": self.step_shutdown,
         }
         failed = False
@@ -288,12 +322,15 @@ class Demo:
     async def step_connect(self) -> str:
         run = await self.start_manager(self._stack, self._tg, "trader")
         m = run.manager
-        tr = await self.wait_transition(lambda t: t.dest == State.CONNECTED, since=0,
-                                        timeout=SPAWN_AND_CONNECT, what="CONNECTED")
+        tr = await self.wait_transition(
+            lambda t: t.dest == State.CONNECTED, since=0, timeout=SPAWN_AND_CONNECT, what="CONNECTED"
+        )
         took = self.t(tr.at_ns) - self.t(m.history[0].at_ns)
         pos = await m.request("positions")
-        return (f"CONNECTED in {took:.2f} s (worker pid {m.worker_pid}); "
-                f"positions: {len(pos.get('positions', []))} rows")
+        return (
+            f"CONNECTED in {took:.2f} s (worker pid {m.worker_pid}); "
+            f"positions: {len(pos.get('positions', []))} rows"
+        )
 
     async def step_red(self) -> str:
         since = self.mark()
@@ -302,20 +339,33 @@ class Demo:
         self.sim.go_red()
         red = await self.wait_transition(
             lambda t: t.dest == State.DEGRADED_RED and t.reason == Reason.probe_failed,
-            since=since, timeout=DETECT, what="DEGRADED_RED (probe_failed)")
+            since=since,
+            timeout=DETECT,
+            what="DEGRADED_RED (probe_failed)",
+        )
         detected = self.t(red.at_ns) - t_fault
         self._red_at = red.at_ns
         since = self.mark()
-        hs = await self.wait_transition(lambda t: t.dest == State.HANDSHAKING, since=since,
-                                        timeout=SPAWN_AND_CONNECT,
-                                        what="a retry reaching the RED Gateway (HANDSHAKING)")
+        hs = await self.wait_transition(
+            lambda t: t.dest == State.HANDSHAKING,
+            since=since,
+            timeout=SPAWN_AND_CONNECT,
+            what="a retry reaching the RED Gateway (HANDSHAKING)",
+        )
         # The Gateway accepted the TCP connection and read the hello, and will never answer it.
         await self.wait_sim_event("hello_ignored", after=hs.at_ns / 1e9 - 0.001, timeout=DETECT)
-        self.recoveries.append(Recovery("Gateway RED detected by the probe", detected,
-                                        f"probe every {DEMO_TIMERS['probe_interval']:g} s, "
-                                        f"timeout {DEMO_TIMERS['probe_timeout']:g} s"))
-        return (f"probe failed {detected:.2f} s after the Gateway went RED; the retry's "
-                f"handshake hangs (TCP accepted, hello read, never answered)")
+        self.recoveries.append(
+            Recovery(
+                "Gateway RED detected by the probe",
+                detected,
+                f"probe every {DEMO_TIMERS['probe_interval']:g} s, "
+                f"timeout {DEMO_TIMERS['probe_timeout']:g} s",
+            )
+        )
+        return (
+            f"probe failed {detected:.2f} s after the Gateway went RED; the retry's "
+            f"handshake hangs (TCP accepted, hello read, never answered)"
+        )
 
     async def step_restart(self) -> str:
         since = self.mark()
@@ -324,15 +374,26 @@ class Demo:
         self.sim.restart()
         ended = await self.wait_transition(
             lambda t: t.source == State.HANDSHAKING and t.dest == State.DEGRADED_RED,
-            since=since, timeout=DETECT, what="the hanging handshake to end")
-        back = await self.wait_transition(lambda t: t.dest == State.CONNECTED, since=since,
-                                          timeout=SPAWN_AND_CONNECT, what="CONNECTED")
+            since=since,
+            timeout=DETECT,
+            what="the hanging handshake to end",
+        )
+        back = await self.wait_transition(
+            lambda t: t.dest == State.CONNECTED, since=since, timeout=SPAWN_AND_CONNECT, what="CONNECTED"
+        )
         after = self.t(back.at_ns) - t_restart
         outage = (back.at_ns - self._red_at) / 1e9
-        self.recoveries.append(Recovery("Gateway RED -> operator restart -> CONNECTED", after,
-                                        f"counted from the restart; outage {outage:.2f} s in all"))
-        return (f"handshake ended by the restart ({ended.reason}); CONNECTED {after:.2f} s after "
-                f"the restart, same client id")
+        self.recoveries.append(
+            Recovery(
+                "Gateway RED -> operator restart -> CONNECTED",
+                after,
+                f"counted from the restart; outage {outage:.2f} s in all",
+            )
+        )
+        return (
+            f"handshake ended by the restart ({ended.reason}); CONNECTED {after:.2f} s after "
+            f"the restart, same client id"
+        )
 
     async def step_crash(self) -> str:
         m = self.current.manager  # type: ignore[union-attr]
@@ -345,14 +406,19 @@ class Demo:
         os.kill(pid, signal.SIGKILL)
         await self.wait_transition(
             lambda t: t.dest == State.DEGRADED_RED and t.reason == Reason.worker_exited,
-            since=since, timeout=DETECT, what="DEGRADED_RED (worker_exited)")
-        back = await self.wait_transition(lambda t: t.dest == State.CONNECTED, since=since,
-                                          timeout=SPAWN_AND_CONNECT, what="CONNECTED")
+            since=since,
+            timeout=DETECT,
+            what="DEGRADED_RED (worker_exited)",
+        )
+        back = await self.wait_transition(
+            lambda t: t.dest == State.CONNECTED, since=since, timeout=SPAWN_AND_CONNECT, what="CONNECTED"
+        )
         took = self.t(back.at_ns) - t_kill
         if m.worker_pid == pid:
             raise StepFailed("CONNECTED with the killed worker's pid?")
-        self.recoveries.append(Recovery("worker SIGKILL -> CONNECTED", took,
-                                        f"respawned as pid {m.worker_pid}"))
+        self.recoveries.append(
+            Recovery("worker SIGKILL -> CONNECTED", took, f"respawned as pid {m.worker_pid}")
+        )
         return f"detected at once, respawned as pid {m.worker_pid}, CONNECTED {took:.2f} s after the kill"
 
     async def step_zombie(self) -> str:
@@ -366,12 +432,26 @@ class Demo:
         self._stack = AsyncExitStack()
         # 2. Its next run is a separate process that connects, then dies hard with its worker hung.
         env = {k: v for k, v in os.environ.items() if not k.startswith(("IBKR_", "IBGW_"))}
-        argv = [sys.executable, "-m", "fsm.cli", "run", "--host", s.host, "--port", str(s.port),
-                "--client-id", str(s.client_id), "--state-dir", str(s.state_dir)]
+        argv = [
+            sys.executable,
+            "-m",
+            "fsm.cli",
+            "run",
+            "--host",
+            s.host,
+            "--port",
+            str(s.port),
+            "--client-id",
+            str(s.client_id),
+            "--state-dir",
+            str(s.state_dir),
+        ]
         child = self._child = await anyio.open_process(
-            argv, env=env, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.say(f"the trader starts again as process {child.pid} (`ibgw run`, same client id)",
-                 kind="action")
+            argv, env=env, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        self.say(
+            f"the trader starts again as process {child.pid} (`ibgw run`, same client id)", kind="action"
+        )
         connected = anyio.Event()
         self._tg.start_soon(self._read_child, child, connected)
         with anyio.move_on_after(SPAWN_AND_CONNECT) as scope:
@@ -384,15 +464,17 @@ class Demo:
         stale = self._stale_pid = rec.worker_pid
         # The trader runs for a while before it dies (see _let_session_age).
         await self._let_session_age()
-        self.say(f"its worker pid {stale} hangs (SIGSTOP) and the trader process is killed (SIGKILL)",
-                 kind="action")
+        self.say(
+            f"its worker pid {stale} hangs (SIGSTOP) and the trader process is killed (SIGKILL)",
+            kind="action",
+        )
         os.kill(stale, signal.SIGSTOP)
         child.send_signal(signal.SIGKILL)
         await child.wait()
         await self.sim.wait_until(
-            lambda g: any(x.client_id == s.client_id and x.handshaken for x in g.sessions), DETECT)
-        self.say(f"stale worker {stale} still holds client id {s.client_id} at the Gateway",
-                 kind="action")
+            lambda g: any(x.client_id == s.client_id and x.handshaken for x in g.sessions), DETECT
+        )
+        self.say(f"stale worker {stale} still holds client id {s.client_id} at the Gateway", kind="action")
         # What `ibgw doctor` (passive: kernel socket table and state dir only) sees right now.
         from fsm.doctor import ATTENTION, diagnose
 
@@ -410,11 +492,15 @@ class Demo:
         m = run.manager
         await self.wait_transition(
             lambda t: t.dest == State.DEGRADED_RED and t.reason == Reason.client_id_in_use,
-            since=0, timeout=SPAWN_AND_CONNECT, what="DEGRADED_RED (client_id_in_use, 326)")
+            since=0,
+            timeout=SPAWN_AND_CONNECT,
+            what="DEGRADED_RED (client_id_in_use, 326)",
+        )
         self.say("the Gateway lets go of the client id", kind="action")
         self.sim.client_id_hold(None)
-        back = await self.wait_transition(lambda t: t.dest == State.CONNECTED, since=0,
-                                          timeout=SPAWN_AND_CONNECT, what="CONNECTED")
+        back = await self.wait_transition(
+            lambda t: t.dest == State.CONNECTED, since=0, timeout=SPAWN_AND_CONNECT, what="CONNECTED"
+        )
         took = self.t(back.at_ns) - t_start
         reaped = int(m.metrics().get("zombies_reaped", 0))
         if reaped < 1:
@@ -422,11 +508,18 @@ class Demo:
         if _alive(stale):
             raise StepFailed(f"stale worker {stale} is still alive")
         n326 = self.sim.counters.sent_326
-        self.recoveries.append(Recovery("stale worker -> reaped -> 326 -> CONNECTED", took,
-                                        f"{n326} x 326, same client id {s.client_id}"))
-        return (f"stale worker {stale} proven ours (lock file, command line, start time, TCP to "
-                f"the port) and ended; {n326} x 326 from the Gateway; CONNECTED {took:.2f} s "
-                f"after the restart with client id {s.client_id}")
+        self.recoveries.append(
+            Recovery(
+                "stale worker -> reaped -> 326 -> CONNECTED",
+                took,
+                f"{n326} x 326, same client id {s.client_id}",
+            )
+        )
+        return (
+            f"stale worker {stale} proven ours (lock file, command line, start time, TCP to "
+            f"the port) and ended; {n326} x 326 from the Gateway; CONNECTED {took:.2f} s "
+            f"after the restart with client id {s.client_id}"
+        )
 
     async def step_nightly(self) -> str:
         m = self.current.manager  # type: ignore[union-attr]
@@ -437,27 +530,42 @@ class Demo:
         self.sim.connectivity_lost()
         await self.wait_transition(
             lambda t: t.dest == State.DEGRADED_RED and t.reason == Reason.connectivity_lost,
-            since=since, timeout=DETECT, what="DEGRADED_RED (connectivity_lost)")
+            since=since,
+            timeout=DETECT,
+            what="DEGRADED_RED (connectivity_lost)",
+        )
         # Farm notices arrive during the night too: recorded and published, never a loss.
         n_since = len(self.notices)
         self.say("market data farm flaps (2103, then 2104)", kind="action")
         self.sim.farm_flap()
-        await self.wait_notice(lambda n: n.kind == "farm" and n.code == 2104, since=n_since,
-                               timeout=DETECT, what="farm notice 2104")
+        await self.wait_notice(
+            lambda n: n.kind == "farm" and n.code == 2104,
+            since=n_since,
+            timeout=DETECT,
+            what="farm notice 2104",
+        )
         if m.state != State.DEGRADED_RED or m.worker_pid != pid:
             raise StepFailed(f"a farm notice moved the manager ({m.state}, worker {m.worker_pid})")
         self.say("connectivity restored, data maintained (1102)", kind="action")
         t_restored = self.t()
         self.sim.connectivity_restored(False)
-        back = await self.wait_transition(lambda t: t.dest == State.CONNECTED, since=since,
-                                          timeout=DETECT, what="CONNECTED after 1102")
+        back = await self.wait_transition(
+            lambda t: t.dest == State.CONNECTED, since=since, timeout=DETECT, what="CONNECTED after 1102"
+        )
         if m.worker_pid != pid:
             raise StepFailed(f"the worker was replaced ({pid} -> {m.worker_pid}); 1100 must keep it")
         took = self.t(back.at_ns) - t_restored
-        self.recoveries.append(Recovery("nightly 1100 -> 1102 -> CONNECTED", took,
-                                        f"counted from the 1102; session kept, worker {pid} not replaced"))
-        return (f"session kept through {self.t(back.at_ns) - t_lost:.2f} s of 1100 and a farm "
-                f"flap (same worker pid {pid}); CONNECTED {took * 1000:.0f} ms after 1102")
+        self.recoveries.append(
+            Recovery(
+                "nightly 1100 -> 1102 -> CONNECTED",
+                took,
+                f"counted from the 1102; session kept, worker {pid} not replaced",
+            )
+        )
+        return (
+            f"session kept through {self.t(back.at_ns) - t_lost:.2f} s of 1100 and a farm "
+            f"flap (same worker pid {pid}); CONNECTED {took * 1000:.0f} ms after 1102"
+        )
 
     async def step_shutdown(self) -> str:
         m = self.current.manager  # type: ignore[union-attr]
@@ -495,8 +603,13 @@ class Demo:
         while True:
             try:
                 raw = await stream.receive_until(b"\n", 1 << 16)
-            except (anyio.IncompleteRead, anyio.EndOfStream, anyio.ClosedResourceError,
-                    anyio.BrokenResourceError, anyio.DelimiterNotFound):
+            except (
+                anyio.IncompleteRead,
+                anyio.EndOfStream,
+                anyio.ClosedResourceError,
+                anyio.BrokenResourceError,
+                anyio.DelimiterNotFound,
+            ):
                 return
             line = raw.decode("utf-8", "replace")
             text = line.split(" ", 1)[1] if " " in line else line  # drop its own timestamp
@@ -522,8 +635,7 @@ class Demo:
     async def _settle_sim(self) -> None:
         """Let the simulator finish classifying the last closes (it asks psutil after EOF)."""
         with anyio.move_on_after(5):
-            await self.sim.wait_until(
-                lambda g: len(g.client_closes) >= g.counters.client_closes, 5)
+            await self.sim.wait_until(lambda g: len(g.client_closes) >= g.counters.client_closes, 5)
 
     def _final_checks_sync(self) -> None:
         sim = self.sim
@@ -538,8 +650,10 @@ class Demo:
         self.checks = [
             ("disconnects issued: 0 (no live process ever closed its session)", self.disconnects == 0),
             (f"client ids used: exactly one ({DEMO_CLIENT_ID})", self.client_ids == [DEMO_CLIENT_ID]),
-            ("no fast close: every session lived at least min_session",
-             self.youngest is None or self.youngest >= floor),
+            (
+                "no fast close: every session lived at least min_session",
+                self.youngest is None or self.youngest >= floor,
+            ),
         ]
 
     # ---------------------------------------------------------------------------- report
@@ -547,8 +661,16 @@ class Demo:
         rows = []
         for i, run in enumerate(self.runs, 1):
             for tr in run.manager.history:
-                rows.append((self.t(tr.at_ns), f"#{i}", str(tr.source), tr.event, str(tr.dest),
-                             str(tr.reason) if tr.reason else "-"))
+                rows.append(
+                    (
+                        self.t(tr.at_ns),
+                        f"#{i}",
+                        str(tr.source),
+                        tr.event,
+                        str(tr.dest),
+                        str(tr.reason) if tr.reason else "-",
+                    )
+                )
         rows.sort(key=lambda r: r[0])
         return rows
 
@@ -559,30 +681,42 @@ class Demo:
         if c is not None:
             ours = sum(int(r.manager.metrics().get("sessions", 0)) for r in self.runs)
             rest = c.handshakes - ours
-            out.append(f"sessions: {c.handshakes} handshake(s) at the Gateway: {ours} by the "
-                       f"in-process managers" + (f", {rest} by the trader process killed in step 5"
-                                                 if rest else ""))
+            out.append(
+                f"sessions: {c.handshakes} handshake(s) at the Gateway: {ours} by the "
+                f"in-process managers" + (f", {rest} by the trader process killed in step 5" if rest else "")
+            )
             out.append("recoveries:")
             for r in self.recoveries:
                 out.append(f"  {r.what}: {r.seconds:.2f} s ({r.how})")
             reaped = sum(int(r.manager.metrics().get("zombies_reaped", 0)) for r in self.runs)
-            out.append(f"326s sent by the Gateway: {c.sent_326}; stale workers reaped: {reaped}; "
-                       f"Gateway RED episodes: {c.red_episodes}")
+            out.append(
+                f"326s sent by the Gateway: {c.sent_326}; stale workers reaped: {reaped}; "
+                f"Gateway RED episodes: {c.red_episodes}"
+            )
             alive_closes = getattr(self, "disconnects", 0)
-            out.append(f"disconnects issued: {alive_closes} (the Gateway saw {len(sim.client_closes)} "
-                       f"closes, {len(sim.client_closes) - alive_closes} by process exit)")
+            out.append(
+                f"disconnects issued: {alive_closes} (the Gateway saw {len(sim.client_closes)} "
+                f"closes, {len(sim.client_closes) - alive_closes} by process exit)"
+            )
             young = getattr(self, "youngest", None)
             if young is not None:
-                out.append(f"youngest session at its close: {young:.2f} s after its handshake "
-                           f"(min_session {DEMO_TIMERS['min_session']:g} s: no fast close)")
+                out.append(
+                    f"youngest session at its close: {young:.2f} s after its handshake "
+                    f"(min_session {DEMO_TIMERS['min_session']:g} s: no fast close)"
+                )
             ids = getattr(self, "client_ids", [])
             one = "exactly one" if len(ids) == 1 else f"{len(ids)}, NOT one"
             out.append(f"client ids used: {one} ({', '.join(map(str, ids))})")
         ok = all(p.status == "ok" for p in self.phases) and all(ok for _, ok in self.checks)
-        out.append("verdict: every step ended as scripted" if ok
-                   else "verdict: FAILED — " + "; ".join(
-                       [f"step {p.number} {p.title}: {p.status}" for p in self.phases
-                        if p.status != "ok"] + [name for name, good in self.checks if not good]))
+        out.append(
+            "verdict: every step ended as scripted"
+            if ok
+            else "verdict: FAILED — "
+            + "; ".join(
+                [f"step {p.number} {p.title}: {p.status}" for p in self.phases if p.status != "ok"]
+                + [name for name, good in self.checks if not good]
+            )
+        )
         return out
 
 
@@ -605,8 +739,10 @@ class PlainView:
     def start(self, demo: Demo) -> None:
         s = demo.settings
         assert s is not None
-        self._write(f"ibgw demo: simulated Gateway on {s.host}:{s.port}, client id {s.client_id}, "
-                    f"probe every {s.probe_interval:g} s, handshake budget {s.handshake_timeout:g} s")
+        self._write(
+            f"ibgw demo: simulated Gateway on {s.host}:{s.port}, client id {s.client_id}, "
+            f"probe every {s.probe_interval:g} s, handshake budget {s.handshake_timeout:g} s"
+        )
 
     def line(self, t: float, text: str, kind: str) -> None:
         self._write(f"[{t:7.3f}] {'   ' if kind not in ('phase', 'action', 'doctor') else ''}{text}")
@@ -669,12 +805,20 @@ class LiveView(PlainView):
             self._live.update(self._render(), refresh=True)
 
     def line(self, t: float, text: str, kind: str) -> None:
-        style = {"transition": "bold", "notice": "yellow", "sim": "cyan", "action": "magenta",
-                 "child": "dim", "phase": "bold blue", "doctor": "red"}.get(kind, "")
+        style = {
+            "transition": "bold",
+            "notice": "yellow",
+            "sim": "cyan",
+            "action": "magenta",
+            "child": "dim",
+            "phase": "bold blue",
+            "doctor": "red",
+        }.get(kind, "")
         from rich.markup import escape
 
-        self.log.append(f"[dim]{t:7.3f}[/] [{style}]{escape(text)}[/]" if style else
-                        f"[dim]{t:7.3f}[/] {escape(text)}")
+        self.log.append(
+            f"[dim]{t:7.3f}[/] [{style}]{escape(text)}[/]" if style else f"[dim]{t:7.3f}[/] {escape(text)}"
+        )
         self.refresh()
 
     def phase(self, p: Phase) -> None:
@@ -704,16 +848,22 @@ class LiveView(PlainView):
             state = str(m.state)
             entered = hist[-1].at_ns if hist else time.monotonic_ns()
             dwell = (time.monotonic_ns() - entered) / 1e9
-            grid.add_row("state", f"[{STATE_STYLE.get(state, 'white')}]{state}[/]"
-                                  f"   reason {m.reason or '-'}   for {dwell:5.1f} s")
+            grid.add_row(
+                "state",
+                f"[{STATE_STYLE.get(state, 'white')}]{state}[/]"
+                f"   reason {m.reason or '-'}   for {dwell:5.1f} s",
+            )
             grid.add_row("worker", f"pid {m.worker_pid or '-'}   client id {m.client_id}")
         sim = self.sim
         if sim is not None:
             light = "[bold green]● GREEN[/]" if sim.green else "[bold red]● RED[/]"
             upstream = "" if sim.upstream_connected else "   [yellow]upstream lost (1100)[/]"
-            grid.add_row("Gateway API", f"{light}{upstream}   sessions {len(sim.sessions)}   "
-                                        f"handshakes {sim.counters.handshakes}   "
-                                        f"326s {sim.counters.sent_326}")
+            grid.add_row(
+                "Gateway API",
+                f"{light}{upstream}   sessions {len(sim.sessions)}   "
+                f"handshakes {sim.counters.handshakes}   "
+                f"326s {sim.counters.sent_326}",
+            )
         body = Group(grid, "", *self.log)
         return Panel(body, title="ibgw demo — a day at the (simulated) Gateway", border_style="blue")
 
@@ -727,8 +877,14 @@ class LiveView(PlainView):
 
         con = self.console
         t = Table(title="timeline (t = s since start; #1 the trader, #2 the trader after its restart)")
-        for col, just in (("t", "right"), ("mgr", "left"), ("from", "left"), ("event", "left"),
-                          ("to", "left"), ("reason", "left")):
+        for col, just in (
+            ("t", "right"),
+            ("mgr", "left"),
+            ("from", "left"),
+            ("event", "left"),
+            ("to", "left"),
+            ("reason", "left"),
+        ):
             t.add_column(col, justify=just)  # type: ignore[arg-type]
         from fsm.views import STATE_STYLE
 
@@ -745,8 +901,7 @@ class LiveView(PlainView):
         con.print("[bold]summary[/]")
         for line in demo.summary():
             style = ""
-            if line.startswith(("disconnects issued: 0", "client ids used: exactly one",
-                                "verdict: every")):
+            if line.startswith(("disconnects issued: 0", "client ids used: exactly one", "verdict: every")):
                 style = "green"
             elif "FAILED" in line or "NOT one" in line:
                 style = "red"

@@ -51,8 +51,14 @@ def mermaid() -> str:
     """The stateDiagram-v2 source for TABLE, with a title mermaid keeps and no active-state styling."""
     model = _Blank()
     machine = GraphMachine(
-        model=model, states=list(State), initial=State.IDLE, transitions=_machine_transitions(TABLE),
-        auto_transitions=False, show_conditions=True, graph_engine="mermaid", title=TITLE,
+        model=model,
+        states=list(State),
+        initial=State.IDLE,
+        transitions=_machine_transitions(TABLE),
+        auto_transitions=False,
+        show_conditions=True,
+        graph_engine="mermaid",
+        title=TITLE,
     )
     machine.model_graphs[id(model)].reset_styling()
     source = model.get_graph().source
@@ -60,7 +66,7 @@ def mermaid() -> str:
     head = f"---\n{TITLE}\n---\n"
     if not source.startswith(head):
         raise RuntimeError("transitions' mermaid output changed shape; update fsm.diagram")
-    body = "\n".join(line.rstrip() for line in source[len(head):].strip().splitlines())
+    body = "\n".join(line.rstrip() for line in source[len(head) :].strip().splitlines())
     return f"---\ntitle: {TITLE}\n---\n{body}\n"
 
 
@@ -113,7 +119,7 @@ def render(root: Path = ROOT) -> dict[Path, str]:
         start, stop = text.find(BEGIN), text.find(END)
         if 0 <= start < stop:
             block = f"{BEGIN}\n```mermaid\n{source}```\n{END}"
-            files[readme] = text[:start] + block + text[stop + len(END):]
+            files[readme] = text[:start] + block + text[stop + len(END) :]
     return files
 
 

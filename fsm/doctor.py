@@ -8,6 +8,7 @@ system turned the Gateway's API layer RED.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Callable, Iterable
@@ -106,7 +107,7 @@ def parse_label(cmdline: list[str]) -> str | None:
     Ours means both: the process runs the `worker` module and carries our label. A process that
     merely mentions the label somewhere (a shell, grep) is not ours.
     """
-    runs_worker = any(a == "-m" and b == "worker" for a, b in zip(cmdline, cmdline[1:]))
+    runs_worker = any(a == "-m" and b == "worker" for a, b in itertools.pairwise(cmdline))
     if not runs_worker:
         return None
     for i, arg in enumerate(cmdline):
@@ -163,9 +164,13 @@ def scan_sockets(port: int) -> tuple[list[SocketRow], list[SocketRow], list[Sock
             if lport == port:
                 listeners.append(SocketRow("listen", _addr(c.laddr), "-", c.status, _owner(c.pid, cache)))
         elif rport == port:
-            clients.append(SocketRow("client", _addr(c.laddr), _addr(c.raddr), c.status, _owner(c.pid, cache)))
+            clients.append(
+                SocketRow("client", _addr(c.laddr), _addr(c.raddr), c.status, _owner(c.pid, cache))
+            )
         elif lport == port:
-            gateway.append(SocketRow("gateway", _addr(c.laddr), _addr(c.raddr), c.status, _owner(c.pid, cache)))
+            gateway.append(
+                SocketRow("gateway", _addr(c.laddr), _addr(c.raddr), c.status, _owner(c.pid, cache))
+            )
     key = lambda r: (r.status, r.laddr)  # noqa: E731 - stable, readable ordering
     return sorted(listeners, key=key), sorted(clients, key=key), sorted(gateway, key=key)
 
@@ -237,8 +242,13 @@ def diagnose(
     try:
         report.listeners, report.client_sockets, report.gateway_sockets = scan_sockets(port)
     except psutil.AccessDenied:
-        f.append(Finding(ATTENTION, "cannot read the system's socket table here (on macOS it "
-                                    "needs root): run ibgw doctor with sudo"))
+        f.append(
+            Finding(
+                ATTENTION,
+                "cannot read the system's socket table here (on macOS it "
+                "needs root): run ibgw doctor with sudo",
+            )
+        )
         return report
     report.locks = scan_locks(state_dir)
     reader = read_snapshots or _default_snapshot_reader
@@ -257,23 +267,47 @@ def diagnose(
         who = _who(o)
         if r.status == psutil.CONN_CLOSE_WAIT:
             if o.ours:
-                f.append(Finding(ATTENTION, (
-                    f"CLOSE_WAIT {r.laddr} -> {r.raddr} held by our worker {who} [{o.status}]: the Gateway "
-                    f"closed this session but the worker still holds the socket (and its client id). "
-                    f"The manager reaps it on its next start or 326; to clear it now: kill {o.pid}")))
+                f.append(
+                    Finding(
+                        ATTENTION,
+                        (
+                            f"CLOSE_WAIT {r.laddr} -> {r.raddr} held by our worker {who} [{o.status}]: the Gateway "
+                            f"closed this session but the worker still holds the socket (and its client id). "
+                            f"The manager reaps it on its next start or 326; to clear it now: kill {o.pid}"
+                        ),
+                    )
+                )
             else:
-                f.append(Finding(ATTENTION, (
-                    f"CLOSE_WAIT {r.laddr} -> {r.raddr} held by {who}, not ours: the Gateway closed it "
-                    f"but that process still holds the socket; ibgw will not touch it")))
+                f.append(
+                    Finding(
+                        ATTENTION,
+                        (
+                            f"CLOSE_WAIT {r.laddr} -> {r.raddr} held by {who}, not ours: the Gateway closed it "
+                            f"but that process still holds the socket; ibgw will not touch it"
+                        ),
+                    )
+                )
         elif r.status == psutil.CONN_ESTABLISHED:
             if o.ours and o.status == psutil.STATUS_STOPPED:
-                f.append(Finding(ATTENTION, (
-                    f"ESTABLISHED {r.laddr} -> {r.raddr} held by our worker {who}, which is STOPPED: "
-                    f"it holds its client id and answers nothing")))
+                f.append(
+                    Finding(
+                        ATTENTION,
+                        (
+                            f"ESTABLISHED {r.laddr} -> {r.raddr} held by our worker {who}, which is STOPPED: "
+                            f"it holds its client id and answers nothing"
+                        ),
+                    )
+                )
             elif o.ours and o.parent_alive is False:
-                f.append(Finding(ATTENTION, (
-                    f"ESTABLISHED {r.laddr} -> {r.raddr} held by our worker {who} whose manager is gone "
-                    f"(orphan): it holds its client id; the next manager for that id reaps it")))
+                f.append(
+                    Finding(
+                        ATTENTION,
+                        (
+                            f"ESTABLISHED {r.laddr} -> {r.raddr} held by our worker {who} whose manager is gone "
+                            f"(orphan): it holds its client id; the next manager for that id reaps it"
+                        ),
+                    )
+                )
             elif o.ours:
                 f.append(Finding(OK, f"session {r.laddr} -> {r.raddr} held by our worker {who}"))
             else:
@@ -282,10 +316,16 @@ def diagnose(
             f.append(Finding(NOTE, f"{r.status} {r.laddr} -> {r.raddr} held by {who}"))
     for r in report.gateway_sockets:
         if r.status == psutil.CONN_CLOSE_WAIT:
-            f.append(Finding(ATTENTION, (
-                f"Gateway-side CLOSE_WAIT {r.laddr} <- {r.raddr} ({_who(r.owner)}): the client went away "
-                f"but the Gateway has not closed its end; it may keep that client id reserved "
-                f"(error 326) until the Gateway is restarted")))
+            f.append(
+                Finding(
+                    ATTENTION,
+                    (
+                        f"Gateway-side CLOSE_WAIT {r.laddr} <- {r.raddr} ({_who(r.owner)}): the client went away "
+                        f"but the Gateway has not closed its end; it may keep that client id reserved "
+                        f"(error 326) until the Gateway is restarted"
+                    ),
+                )
+            )
 
     # 3. Lock files and whether their pids are alive.
     for lk in report.locks:
@@ -293,15 +333,31 @@ def diagnose(
         if lk.manager_pid is None:
             f.append(Finding(NOTE, f"lock {name}: empty or unreadable (a manager may be writing it)"))
         elif lk.manager_alive:
-            f.append(Finding(OK, f"lock {name}: manager {lk.manager_pid} alive"
-                                 + (f", worker {lk.worker_pid} alive" if lk.worker_alive else "")))
+            f.append(
+                Finding(
+                    OK,
+                    f"lock {name}: manager {lk.manager_pid} alive"
+                    + (f", worker {lk.worker_pid} alive" if lk.worker_alive else ""),
+                )
+            )
         elif lk.worker_alive and lk.worker_ours:
-            f.append(Finding(ATTENTION, (
-                f"lock {name}: manager {lk.manager_pid} is gone but its worker {lk.worker_pid} still runs "
-                f"(a zombie of ours); the next manager for this id reaps it, or: kill {lk.worker_pid}")))
+            f.append(
+                Finding(
+                    ATTENTION,
+                    (
+                        f"lock {name}: manager {lk.manager_pid} is gone but its worker {lk.worker_pid} still runs "
+                        f"(a zombie of ours); the next manager for this id reaps it, or: kill {lk.worker_pid}"
+                    ),
+                )
+            )
         else:
-            f.append(Finding(NOTE, f"lock {name}: stale (manager {lk.manager_pid} is gone); harmless, "
-                                   f"the next manager takes it over"))
+            f.append(
+                Finding(
+                    NOTE,
+                    f"lock {name}: stale (manager {lk.manager_pid} is gone); harmless, "
+                    f"the next manager takes it over",
+                )
+            )
 
     # 4. The running managers' state, from their snapshots (no connection needed).
     for snap in report.managers:
@@ -312,8 +368,13 @@ def diagnose(
             f.append(Finding(NOTE, f"manager for {where}: stopped (pid {mpid}); last state {state}"))
             continue
         if not snap.get("manager_alive", _pid_alive(mpid)):
-            f.append(Finding(NOTE, f"manager for {where}: died without shutting down (pid {mpid} is gone); "
-                                   f"its last snapshot said {state}"))
+            f.append(
+                Finding(
+                    NOTE,
+                    f"manager for {where}: died without shutting down (pid {mpid} is gone); "
+                    f"its last snapshot said {state}",
+                )
+            )
             continue
         reason = snap.get("reason")
         text = f"manager for {where}: {state}" + (f" ({reason})" if reason else "") + _since(snap)
@@ -339,15 +400,18 @@ def _since(snap: dict[str, Any]) -> str:
 def render_plain(report: Report) -> list[str]:
     """The report as plain lines: the same facts the rich view shows."""
     lines = [f"ibgw doctor — port {report.port}, state dir {report.state_dir} (passive: no connection made)"]
-    lines.append(f"listening: {len(report.listeners)}  client sockets: {len(report.client_sockets)}  "
-                 f"gateway-side sockets: {len(report.gateway_sockets)}  locks: {len(report.locks)}  "
-                 f"managers: {len(report.managers)}")
+    lines.append(
+        f"listening: {len(report.listeners)}  client sockets: {len(report.client_sockets)}  "
+        f"gateway-side sockets: {len(report.gateway_sockets)}  locks: {len(report.locks)}  "
+        f"managers: {len(report.managers)}"
+    )
     for r in report.listeners + report.client_sockets + report.gateway_sockets:
-        lines.append(f"  {r.side:<8} {r.status:<12} {r.laddr:<22} {r.raddr:<22} {_who(r.owner)} "
-                     f"[{r.owner.status}]{' ours' if r.owner.ours else ''}")
+        lines.append(
+            f"  {r.side:<8} {r.status:<12} {r.laddr:<22} {r.raddr:<22} {_who(r.owner)} "
+            f"[{r.owner.status}]{' ours' if r.owner.ours else ''}"
+        )
     mark = {OK: "ok  ", NOTE: "note", ATTENTION: "FIX "}
     for fd in report.findings:
         lines.append(f"{mark[fd.level]} {fd.message}")
     lines.append(report.verdict)
     return lines
-

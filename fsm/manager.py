@@ -65,7 +65,7 @@ from worker import protocol as wp
 log = logging.getLogger(__name__)
 worker_log = logging.getLogger("fsm.worker")
 
-__all__ = ["ConnectionManager", "Notice", "StateChange", "Subscription", "FARM_CODES"]
+__all__ = ["FARM_CODES", "ConnectionManager", "Notice", "StateChange", "Subscription"]
 
 #: Gateway notices about its data farms: recorded and published, never a connection loss.
 FARM_CODES = frozenset({2103, 2104, 2105, 2106, 2107, 2108, 2157, 2158})
@@ -80,10 +80,24 @@ HANDSHAKE_REASONS: dict[str, Reason] = {
 
 #: The manager's own counters in metrics() (next to the core's); all start at 0.
 MANAGER_COUNTERS = (
-    "workers_spawned", "spawn_failures", "retire_eof", "retire_term", "retire_kill",
-    "zombies_reaped", "ib_326", "requests_ok", "requests_failed", "requests_timed_out",
-    "stale_inputs_dropped", "inputs_ignored", "notices_farm", "notices_data_lost",
-    "notices_client_id_in_use", "notices_zombie_reaped", "spares_spawned", "spares_adopted",
+    "workers_spawned",
+    "spawn_failures",
+    "retire_eof",
+    "retire_term",
+    "retire_kill",
+    "zombies_reaped",
+    "ib_326",
+    "requests_ok",
+    "requests_failed",
+    "requests_timed_out",
+    "stale_inputs_dropped",
+    "inputs_ignored",
+    "notices_farm",
+    "notices_data_lost",
+    "notices_client_id_in_use",
+    "notices_zombie_reaped",
+    "spares_spawned",
+    "spares_adopted",
 )
 
 _BAD_REQUEST_CODES = frozenset(
@@ -196,7 +210,7 @@ class Subscription:
 class _Pending:
     """One request awaiting its response line (or the worker's death)."""
 
-    __slots__ = ("done", "response", "error", "on_done")
+    __slots__ = ("done", "error", "on_done", "response")
 
     def __init__(self, on_done: Callable[[_Pending], None] | None = None) -> None:
         self.done = anyio.Event()
@@ -479,8 +493,7 @@ class ConnectionManager:
             return
         left = (w.session_ns - time.monotonic_ns()) / 1e9 + ms
         if left > 0:
-            log.info("shutdown: session is %.2f s old; keeping it %.2f s more (min_session)",
-                     ms - left, left)
+            log.info("shutdown: session is %.2f s old; keeping it %.2f s more (min_session)", ms - left, left)
             await anyio.sleep(left)
 
     async def __aenter__(self) -> ConnectionManager:
@@ -649,8 +662,11 @@ class ConnectionManager:
                 await self._retire(w)
         elif isinstance(action, ReapZombies):
             if self._stale is None:
-                log.info("326: no stale worker of ours is known for client id %d; if the Gateway "
-                         "still holds the id, the backoff waits for its release", action.client_id)
+                log.info(
+                    "326: no stale worker of ours is known for client id %d; if the Gateway "
+                    "still holds the id, the backoff waits for its release",
+                    action.client_id,
+                )
             await self._reap_stale()
         elif isinstance(action, NotifyDataLost):
             self._notice("data_lost", 1101, "market data was lost: re-request subscriptions")
@@ -699,9 +715,7 @@ class ConnectionManager:
         try:
             # Shielded: a process that exists must be registered before anything can cancel us.
             with anyio.CancelScope(shield=True):
-                proc = await anyio.open_process(
-                    self._argv, env=self._worker_env, start_new_session=True
-                )
+                proc = await anyio.open_process(self._argv, env=self._worker_env, start_new_session=True)
         except OSError as exc:
             log.error("cannot start the worker (%s): %s", " ".join(self._argv), exc)
             return None
@@ -740,8 +754,9 @@ class ConnectionManager:
             data = resp.data or {}
             self.last_handshake = data
             if data.get("client_id") not in (None, self.settings.client_id):
-                log.error("worker connected as client id %s, not %s", data.get("client_id"),
-                          self.settings.client_id)
+                log.error(
+                    "worker connected as client id %s, not %s", data.get("client_id"), self.settings.client_id
+                )
             if self._feed(w, "handshake_ok") and w.upstream_lost:
                 self._feed(w, "connectivity_lost")
             return
@@ -782,8 +797,7 @@ class ConnectionManager:
                         pass
             if await self._wait_exit(w, s.retire_grace):
                 return
-            log.warning("worker %d still running %.1f s after stdin EOF: SIGTERM", w.pid,
-                        s.retire_grace)
+            log.warning("worker %d still running %.1f s after stdin EOF: SIGTERM", w.pid, s.retire_grace)
         self._counts["retire_term"] += 1
         self._signal(w, signal.SIGTERM)
         self._signal(w, signal.SIGCONT)  # a stopped process cannot act on SIGTERM
@@ -847,7 +861,7 @@ class ConnectionManager:
             return False
         line = wp.encode(msg)
         try:
-            if timeout is None:   # the caller's own scope bounds it: no second cancel scope
+            if timeout is None:  # the caller's own scope bounds it: no second cancel scope
                 async with w.send_lock:
                     await w.proc.stdin.send(line)
             else:
@@ -868,8 +882,7 @@ class ConnectionManager:
                 except (anyio.IncompleteRead, anyio.ClosedResourceError, anyio.BrokenResourceError):
                     break
                 except anyio.DelimiterNotFound:
-                    log.error("worker %d wrote an over-long line; its output can no longer "
-                              "be trusted", w.pid)
+                    log.error("worker %d wrote an over-long line; its output can no longer be trusted", w.pid)
                     break
                 try:
                     self._on_line(w, line)
@@ -944,8 +957,12 @@ class ConnectionManager:
                     line = await stream.receive_until(b"\n", 65536)
                 except anyio.DelimiterNotFound:
                     line = await stream.receive(65536)  # an over-long line: log it in pieces
-            except (anyio.IncompleteRead, anyio.EndOfStream, anyio.ClosedResourceError,
-                    anyio.BrokenResourceError):
+            except (
+                anyio.IncompleteRead,
+                anyio.EndOfStream,
+                anyio.ClosedResourceError,
+                anyio.BrokenResourceError,
+            ):
                 line = bytes(stream.buffer)  # a last line without its newline
                 if line:
                     worker_log.info("[%d] %s", w.pid, line.decode("utf-8", "replace").rstrip())
@@ -985,8 +1002,7 @@ class ConnectionManager:
         if self._core.state != State.CONNECTED:
             if not wait:
                 raise NotConnected(
-                    f"{command}: not connected (state {self._core.state}, "
-                    f"reason {self._core.reason or '-'})"
+                    f"{command}: not connected (state {self._core.state}, reason {self._core.reason or '-'})"
                 )
             try:
                 await self.wait_connected(wait)
@@ -1017,7 +1033,8 @@ class ConnectionManager:
         counters = {
             k: v
             for k, v in m.items()
-            if isinstance(v, (int, float, str)) and not isinstance(v, bool)
+            if isinstance(v, (int, float, str))
+            and not isinstance(v, bool)
             and k not in ("state", "reason", "worker_pid", "client_id", "since_ns")
         }
         for st, ns in m.get("time_in_state_ns", {}).items():
@@ -1056,4 +1073,3 @@ def _error_from(info: wp.ErrorInfo | None, command: str) -> IbgwError:
     if code == wp.Code.GATEWAY_ERROR and info.ib_code is not None:
         return GatewayError(info.ib_code, message)
     return GatewayError(code, message)
-

@@ -61,19 +61,22 @@ async def _run(settings: Settings) -> int:
         try:
             manager = ConnectionManager(settings)
             subscription = manager.subscribe()  # before start: the first transitions too
-            emit(f"ibgw run: manager pid {os.getpid()} for {settings.host}:{settings.port} "
-                 f"client id {settings.client_id} (readonly={settings.readonly}); "
-                 f"Ctrl-C or SIGTERM to stop")
-            async with manager:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(_print_changes, subscription)
-                    async for signum in signals:
-                        emit(f"received {signal.Signals(signum).name}: shutting down by retiring the "
-                             f"worker (process exit; no disconnect)")
-                        break
-                    # The printer keeps running: it shows the shutdown transition, then its
-                    # subscription ends with the manager.
-                    await manager.shutdown()
+            emit(
+                f"ibgw run: manager pid {os.getpid()} for {settings.host}:{settings.port} "
+                f"client id {settings.client_id} (readonly={settings.readonly}); "
+                f"Ctrl-C or SIGTERM to stop"
+            )
+            async with manager, anyio.create_task_group() as tg:
+                tg.start_soon(_print_changes, subscription)
+                async for signum in signals:
+                    emit(
+                        f"received {signal.Signals(signum).name}: shutting down by retiring the "
+                        f"worker (process exit; no disconnect)"
+                    )
+                    break
+                # The printer keeps running: it shows the shutdown transition, then its
+                # subscription ends with the manager.
+                await manager.shutdown()
             # Leaving the manager's block retired the worker; the history says how it went.
             emit(f"stopped: state {_name(manager.state)}; worker retired; disconnects issued: 0")
             return EXIT_OK
@@ -86,6 +89,7 @@ def run_forever(settings: Settings, *, backend: str = "asyncio") -> int:
     """Run until a signal; return the exit status (see the README's exit-code table)."""
     # Warnings (a failed handshake, a reaped stale worker) go to stderr with a time stamp; the
     # state changes themselves are printed on stdout by _print_changes.
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     return anyio.run(_run, settings, backend=backend)

@@ -31,8 +31,17 @@ ENV_VARS: dict[str, str] = {
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 _DURATIONS = (
-    "handshake_timeout", "spawn_timeout", "probe_interval", "probe_timeout", "backoff_initial",
-    "backoff_max", "stable_period", "min_session", "retire_grace", "kill_grace", "request_timeout",
+    "handshake_timeout",
+    "spawn_timeout",
+    "probe_interval",
+    "probe_timeout",
+    "backoff_initial",
+    "backoff_max",
+    "stable_period",
+    "min_session",
+    "retire_grace",
+    "kill_grace",
+    "request_timeout",
 )
 
 
@@ -69,7 +78,7 @@ class Settings:
     state_dir: Path = field(default_factory=default_state_dir)
 
     def __post_init__(self) -> None:
-        for name in _DURATIONS + ("backoff_multiplier", "backoff_jitter"):
+        for name in (*_DURATIONS, "backoff_multiplier", "backoff_jitter"):
             value = getattr(self, name)
             if type(value) is int:  # 30 means 30.0; bool is not a duration
                 object.__setattr__(self, name, float(value))

@@ -17,7 +17,11 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "host_slug", "read_all", "read_status", "status_path", "write_status",
+    "host_slug",
+    "read_all",
+    "read_status",
+    "status_path",
+    "write_status",
 ]
 
 

@@ -61,17 +61,26 @@ def _status_lines(snap: dict[str, Any]) -> list[tuple[str, str]]:
         ("in state for", _age(snap)),
         ("worker pid", str(snap.get("worker_pid") or "-")),
         ("manager pid", manager),
-        ("sessions", f"{_num(c, 'sessions')} (attempts {_num(c, 'attempts')}, "
-                     f"retries {_num(c, 'retries')}, workers spawned {_num(c, 'workers_spawned')})"),
-        ("trouble", f"DEGRADED_RED episodes {_num(c, 'red_episodes')}, 326s {_num(c, 'client_id_in_use')}, "
-                    f"handshake timeouts {_num(c, 'handshake_timeouts')}, "
-                    f"zombies reaped {_num(c, 'zombies_reaped') if 'zombies_reaped' in c else 0}"),
+        (
+            "sessions",
+            f"{_num(c, 'sessions')} (attempts {_num(c, 'attempts')}, "
+            f"retries {_num(c, 'retries')}, workers spawned {_num(c, 'workers_spawned')})",
+        ),
+        (
+            "trouble",
+            f"DEGRADED_RED episodes {_num(c, 'red_episodes')}, 326s {_num(c, 'client_id_in_use')}, "
+            f"handshake timeouts {_num(c, 'handshake_timeouts')}, "
+            f"zombies reaped {_num(c, 'zombies_reaped') if 'zombies_reaped' in c else 0}",
+        ),
     ]
     lat = c.get("last_handshake_latency_ns")
     if isinstance(lat, (int, float)):
         rows.append(("last handshake", f"{lat / 1e6:.1f} ms"))
-    times = {k[len("time_in_"):-2]: v for k, v in c.items()
-             if k.startswith("time_in_") and k.endswith("_s") and isinstance(v, (int, float))}
+    times = {
+        k[len("time_in_") : -2]: v
+        for k, v in c.items()
+        if k.startswith("time_in_") and k.endswith("_s") and isinstance(v, (int, float))
+    }
     if times:
         order = ("SPAWNING", "HANDSHAKING", "CONNECTED", "DEGRADED_RED")
         rows.append(("time in state", ", ".join(f"{k} {times[k]:.1f} s" for k in order if k in times)))
@@ -108,8 +117,10 @@ def print_doctor(report: Report) -> None:
         for line in render_plain(report):
             click.echo(line)
         return
-    con.print(f"[bold]ibgw doctor[/] — port {report.port}, state dir {report.state_dir} "
-              f"[dim](passive: no connection made)[/]")
+    con.print(
+        f"[bold]ibgw doctor[/] — port {report.port}, state dir {report.state_dir} "
+        f"[dim](passive: no connection made)[/]"
+    )
     rows = report.listeners + report.client_sockets + report.gateway_sockets
     if rows:
         t = Table(title=f"TCP sockets on port {report.port}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import itertools
 import json
 import logging
 import os
@@ -70,9 +71,7 @@ class LockRecord:
                 manager_pid=int(raw["manager_pid"]),
                 worker_pid=None if raw.get("worker_pid") is None else int(raw["worker_pid"]),
                 worker_create_time=(
-                    None
-                    if raw.get("worker_create_time") is None
-                    else float(raw["worker_create_time"])
+                    None if raw.get("worker_create_time") is None else float(raw["worker_create_time"])
                 ),
                 host=str(raw["host"]),
                 port=int(raw["port"]),
@@ -165,8 +164,8 @@ def _read_fd(fd: int) -> str:
 
 
 def _cmdline_is_ours(cmdline: list[str], label: str) -> bool:
-    has_module = any(a == "-m" and b == "worker" for a, b in zip(cmdline, cmdline[1:]))
-    has_label = any(a == "--label" and b == label for a, b in zip(cmdline, cmdline[1:])) or (
+    has_module = any(a == "-m" and b == "worker" for a, b in itertools.pairwise(cmdline))
+    has_label = any(a == "--label" and b == label for a, b in itertools.pairwise(cmdline)) or (
         f"--label={label}" in cmdline
     )
     return has_module and has_label
@@ -281,8 +280,12 @@ def reap_stale_worker(
     except psutil.Error:
         young_for = 0.0
     if young_for > 0:
-        log.info("stale worker pid %d is only %.2f s old: ending it in %.2f s (min_session)",
-                 proc.pid, min_age - young_for, young_for)
+        log.info(
+            "stale worker pid %d is only %.2f s old: ending it in %.2f s (min_session)",
+            proc.pid,
+            min_age - young_for,
+            young_for,
+        )
         time.sleep(young_for)
     log.warning(
         "ending stale worker pid %d left by manager pid %s (it holds client id %d at %s:%d)",

@@ -20,9 +20,19 @@ from .faults import Faults
 from .server import SimEvent
 from .threaded import ThreadedSim, running_in_thread
 
-CONTROLS = ("red_on_fast_close", "go_red", "restart", "drop_all", "down_for", "handshake_delay",
-            "stall_sync", "client_id_hold", "connectivity_lost", "connectivity_restored",
-            "farm_flap")
+CONTROLS = (
+    "red_on_fast_close",
+    "go_red",
+    "restart",
+    "drop_all",
+    "down_for",
+    "handshake_delay",
+    "stall_sync",
+    "client_id_hold",
+    "connectivity_lost",
+    "connectivity_restored",
+    "farm_flap",
+)
 
 
 def _arg(text: str) -> Any:
@@ -67,22 +77,42 @@ def _stop_on_sigterm(signum: int, frame: object) -> None:
 
 
 @click.command(help=__doc__)
-@click.option("--port", default=4002, show_default=True, type=click.IntRange(0, 65535),
-              help="TCP port on loopback (0: a free one).")
+@click.option(
+    "--port",
+    default=4002,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="TCP port on loopback (0: a free one).",
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="A loopback address.")
-@click.option("--accounts", default="DU1234567", show_default=True,
-              help="Comma-separated managed accounts.")
-@click.option("--server-version", default=178, show_default=True, type=int,
-              help="Highest server version to negotiate.")
-@click.option("--fault", "fault_specs", multiple=True, metavar="NAME[=VALUE]",
-              help="red_on_fast_close=S, silent, handshake_delay=S, stall_sync=REQUEST, "
-                   "client_id_hold=S|inf; repeatable.")
-@click.option("--backend", type=click.Choice(["asyncio", "trio"]), default="asyncio",
-              show_default=True)
-@click.option("--track-pids/--no-track-pids", default=True, show_default=True,
-              help="Look up each peer's pid (for close records) while its socket is open.")
-def main(port: int, host: str, accounts: str, server_version: int,
-         fault_specs: tuple[str, ...], backend: str, track_pids: bool) -> None:
+@click.option("--accounts", default="DU1234567", show_default=True, help="Comma-separated managed accounts.")
+@click.option(
+    "--server-version", default=178, show_default=True, type=int, help="Highest server version to negotiate."
+)
+@click.option(
+    "--fault",
+    "fault_specs",
+    multiple=True,
+    metavar="NAME[=VALUE]",
+    help="red_on_fast_close=S, silent, handshake_delay=S, stall_sync=REQUEST, "
+    "client_id_hold=S|inf; repeatable.",
+)
+@click.option("--backend", type=click.Choice(["asyncio", "trio"]), default="asyncio", show_default=True)
+@click.option(
+    "--track-pids/--no-track-pids",
+    default=True,
+    show_default=True,
+    help="Look up each peer's pid (for close records) while its socket is open.",
+)
+def main(
+    port: int,
+    host: str,
+    accounts: str,
+    server_version: int,
+    fault_specs: tuple[str, ...],
+    backend: str,
+    track_pids: bool,
+) -> None:
     faults = Faults()
     try:
         for spec in fault_specs:
@@ -92,9 +122,16 @@ def main(port: int, host: str, accounts: str, server_version: int,
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
-        with running_in_thread(backend=backend, accounts=accounts.split(","), host=host,
-                               port=port, server_version=server_version, faults=faults,
-                               on_event=_print_event, track_pids=track_pids) as sim:
+        with running_in_thread(
+            backend=backend,
+            accounts=accounts.split(","),
+            host=host,
+            port=port,
+            server_version=server_version,
+            faults=faults,
+            on_event=_print_event,
+            track_pids=track_pids,
+        ) as sim:
             for line in sys.stdin:
                 _command(sim, line)
             threading.Event().wait()  # stdin closed: serve until Ctrl-C / SIGTERM

@@ -40,7 +40,7 @@ class Faults:
         check_seconds(self.handshake_delay, "handshake_delay")
         check_sync_name(self.stall_sync)
 
-    def with_cli(self, spec: str) -> "Faults":
+    def with_cli(self, spec: str) -> Faults:
         """Apply one `NAME[=VALUE]` from the command line (`silent`, `client_id_hold=inf`)."""
         name, _, raw = spec.partition("=")
         name = name.strip().replace("-", "_")

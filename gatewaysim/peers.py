@@ -10,10 +10,9 @@ import os
 import socket
 import struct
 import sys
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import psutil
-
 
 _SOCK_DIAG_BY_FAMILY = 20
 _NETLINK_SOCK_DIAG = 4
@@ -28,8 +27,7 @@ def _diag_inode(peer: tuple[str, int], server: tuple[str, int]) -> int | None:
     grow with every socket on the host.
     """
     sockid = struct.pack(">HH", peer[1], server[1]) + socket.inet_aton(peer[0]) + bytes(12)
-    sockid += socket.inet_aton(server[0]) + bytes(12) + struct.pack("=III", 0, _NOCOOKIE,
-                                                                       _NOCOOKIE)
+    sockid += socket.inet_aton(server[0]) + bytes(12) + struct.pack("=III", 0, _NOCOOKIE, _NOCOOKIE)
     req = struct.pack("=BBBBI", socket.AF_INET, socket.IPPROTO_TCP, 0, 0, 0xFFFFFFFF) + sockid
     msg = struct.pack("=IHHII", 16 + len(req), _SOCK_DIAG_BY_FAMILY, 1, 1, 0) + req
     try:
@@ -104,8 +102,7 @@ def _owner_of_inode(inode: int, hints: Iterable[int] = ()) -> int | None:
     return None
 
 
-def find_peer_pid(peer: tuple[str, int], server: tuple[str, int],
-                  hints: Iterable[int] = ()) -> int | None:
+def find_peer_pid(peer: tuple[str, int], server: tuple[str, int], hints: Iterable[int] = ()) -> int | None:
     """Pid owning the client end of a loopback TCP connection, or None if the OS won't say.
     `hints`: pids to try first (processes that connected recently)."""
     if sys.platform.startswith("linux") and ":" not in peer[0]:

@@ -8,15 +8,17 @@ changes are appended to `events` and wake `wait_until`.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import math
 import socket
 import time
 from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any, ClassVar
 
 import anyio
 import anyio.abc
@@ -152,8 +154,9 @@ class SessionRefused(wire.WireError):
 
 
 class _Session:
-    def __init__(self, sid: int, stream: anyio.abc.SocketStream, peer: tuple[str, int],
-                 local: tuple[str, int]) -> None:
+    def __init__(
+        self, sid: int, stream: anyio.abc.SocketStream, peer: tuple[str, int], local: tuple[str, int]
+    ) -> None:
         self.sid = sid
         self.stream = stream
         self.peer = peer
@@ -174,10 +177,8 @@ class _Session:
         self.pid_done = anyio.Event()
 
     def send(self, data: bytes | _Close) -> None:
-        try:
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
             self.outbox.send_nowait(data)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            pass
 
     def close(self, reason: str) -> None:
         """Server-side close (takes effect at the session task's next checkpoint)."""
@@ -194,8 +195,9 @@ class _Session:
         return self.pid_value
 
     def info(self) -> SessionInfo:
-        return SessionInfo(self.sid, self.client_id, self.peer, self.connected_at,
-                           self.handshaken_at, self.version, self.pid)
+        return SessionInfo(
+            self.sid, self.client_id, self.peer, self.connected_at, self.handshaken_at, self.version, self.pid
+        )
 
 
 # ------------------------------------------------------------------------------------------
@@ -220,11 +222,17 @@ def _ascii(text: str) -> str:
 class GatewaySim:
     """A simulated IB Gateway on loopback; see DESIGN.md section 6 for the faults it models."""
 
-    def __init__(self, *, accounts: Iterable[str] = ("DU1234567",), host: str = "127.0.0.1",
-                 port: int = 0, server_version: int = wire.SERVER_MAX_VERSION,
-                 faults: Faults | None = None,
-                 on_event: Callable[[SimEvent], None] | None = None,
-                 track_pids: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        accounts: Iterable[str] = ("DU1234567",),
+        host: str = "127.0.0.1",
+        port: int = 0,
+        server_version: int = wire.SERVER_MAX_VERSION,
+        faults: Faults | None = None,
+        on_event: Callable[[SimEvent], None] | None = None,
+        track_pids: bool = True,
+    ) -> None:
         self.accounts: tuple[str, ...] = tuple(a for a in accounts if a)
         if not self.accounts or any("," in a or "\0" in a for a in self.accounts):
             raise ValueError(f"need at least one account name without commas: {accounts!r}")
@@ -278,9 +286,13 @@ class GatewaySim:
 
     @property
     def faults(self) -> Faults:
-        return Faults(red_on_fast_close=self._fast_window, silent=False,
-                      handshake_delay=self._handshake_delay, stall_sync=self._stall,
-                      client_id_hold=self._hold)
+        return Faults(
+            red_on_fast_close=self._fast_window,
+            silent=False,
+            handshake_delay=self._handshake_delay,
+            stall_sync=self._stall,
+            client_id_hold=self._hold,
+        )
 
     def snapshot(self) -> dict[str, Any]:
         """Plain data (JSON-friendly) for other threads and processes."""
@@ -290,23 +302,26 @@ class GatewaySim:
             "listening": self.listening,
             "upstream_connected": self.upstream_connected,
             "sessions": [
-                {"session_id": s.sid, "client_id": s.client_id, "peer": list(s.peer),
-                 "connected_at": s.connected_at, "handshaken_at": s.handshaken_at,
-                 "server_version": s.version, "pid": s.pid_value if s.pid_known else None}
+                {
+                    "session_id": s.sid,
+                    "client_id": s.client_id,
+                    "peer": list(s.peer),
+                    "connected_at": s.connected_at,
+                    "handshaken_at": s.handshaken_at,
+                    "server_version": s.version,
+                    "pid": s.pid_value if s.pid_known else None,
+                }
                 for s in self._sessions.values()
             ],
             "client_ids_seen": sorted(self.client_ids_seen),
             "held_client_ids": self.held_client_ids,
             "counters": asdict(self.counters),
-            "client_closes": [
-                {**asdict(c), "peer": list(c.peer)} for c in self.client_closes
-            ],
+            "client_closes": [{**asdict(c), "peer": list(c.peer)} for c in self.client_closes],
             "faults": asdict(self.faults),
             "events": [str(e) for e in list(self.events)[-50:]],
         }
 
-    async def wait_until(self, predicate: Callable[["GatewaySim"], bool],
-                         timeout: float) -> None:
+    async def wait_until(self, predicate: Callable[[GatewaySim], bool], timeout: float) -> None:
         """Wait for a condition on the simulator, woken by each state change (no polling)."""
         deadline = time.monotonic() + timeout
         while not predicate(self):
@@ -438,7 +453,7 @@ class GatewaySim:
 
     # -------------------------------------------------------------------- serving
 
-    async def __aenter__(self) -> "GatewaySim":
+    async def __aenter__(self) -> GatewaySim:
         tg = anyio.create_task_group()
         await tg.__aenter__()
         try:
@@ -457,8 +472,7 @@ class GatewaySim:
         tg.cancel_scope.cancel()
         await tg.__aexit__(None, None, None)
 
-    async def serve(self, *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED
-                    ) -> None:
+    async def serve(self, *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
         """Listen and serve until cancelled; `await tg.start(sim.serve)` returns the port."""
         if self._tg is not None:
             raise RuntimeError("this GatewaySim is already serving")
@@ -492,13 +506,15 @@ class GatewaySim:
         self.port = sock.getsockname()[1]
         listener = await anyio.abc.SocketListener.from_socket(sock)
         self.listening = True
-        self._emit("listening", f"{self.host}:{self.port} server version {self.server_version}"
-                                f" accounts {','.join(self.accounts)}"
-                                f" {'GREEN' if self.green else 'RED'}")
+        self._emit(
+            "listening",
+            f"{self.host}:{self.port} server version {self.server_version}"
+            f" accounts {','.join(self.accounts)}"
+            f" {'GREEN' if self.green else 'RED'}",
+        )
         return listener
 
-    async def _accept_until_down(self, listener: anyio.abc.SocketListener,
-                                 tg: anyio.abc.TaskGroup) -> None:
+    async def _accept_until_down(self, listener: anyio.abc.SocketListener, tg: anyio.abc.TaskGroup) -> None:
         with anyio.CancelScope() as scope:
             self._listen_scope = scope
             if self._down_until > time.monotonic():
@@ -564,8 +580,10 @@ class GatewaySim:
                 self._on_client_close(s, now, by_client)
             else:
                 self.counters.server_closes += 1
-                self._emit("server_close", f"session {s.sid} client id {s.client_id}: "
-                                           f"{s.close_reason or 'simulator stopped'}")
+                self._emit(
+                    "server_close",
+                    f"session {s.sid} client id {s.client_id}: {s.close_reason or 'simulator stopped'}",
+                )
             with anyio.CancelScope(shield=True):
                 await anyio.aclose_forcefully(stream)
         if by_client:
@@ -657,8 +675,14 @@ class GatewaySim:
             self.counters.malformed += 1
             reason = _ascii(str(exc))
             log.warning("session %d: unreadable request: %s", s.sid, reason)
-            s.send(wire.error_msg(s.version, -1, CODE_READ_ERROR,
-                                  f"Server error when reading an API client request: {reason}"))
+            s.send(
+                wire.error_msg(
+                    s.version,
+                    -1,
+                    CODE_READ_ERROR,
+                    f"Server error when reading an API client request: {reason}",
+                )
+            )
             self._notify()
             return
         if s.handshaken_at is None:
@@ -674,8 +698,9 @@ class GatewaySim:
         version = wire.negotiate(self.server_version, hello)
         if version is None:
             self.counters.refused_versions += 1
-            raise SessionRefused(f"client minimum version {hello.min_version} is above ours "
-                                 f"({self.server_version})")
+            raise SessionRefused(
+                f"client minimum version {hello.min_version} is above ours ({self.server_version})"
+            )
         s.version = version
         if self._red:
             if self.track_pids:
@@ -696,7 +721,7 @@ class GatewaySim:
 
     def _answer_hello(self, s: _Session) -> None:
         assert s.version is not None
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%d %H:%M:%S") + " UTC"
+        stamp = datetime.now(UTC).strftime("%Y%m%d %H:%M:%S") + " UTC"
         s.send(wire.server_hello(s.version, stamp))
         s.hello_answered = True
 
@@ -746,8 +771,10 @@ class GatewaySim:
             if window is not None and age <= window:
                 self.counters.fast_closes += 1
                 self._emit("client_close", detail + " (fast close)")
-                self._set_red(f"fast close: client id {s.client_id} closed "
-                              f"{age * 1000:.1f} ms after its handshake (window {window} s)")
+                self._set_red(
+                    f"fast close: client id {s.client_id} closed "
+                    f"{age * 1000:.1f} ms after its handshake (window {window} s)"
+                )
             else:
                 self._emit("client_close", detail)
             if self._hold:
@@ -794,8 +821,7 @@ class GatewaySim:
         if handler is None:
             self.counters.malformed += 1
             log.warning("session %d: unknown message id %d", s.sid, msg_id)
-            s.send(wire.error_msg(s.version, -1, CODE_UNKNOWN_ID,
-                                  f"Unknown message id {msg_id}"))
+            s.send(wire.error_msg(s.version, -1, CODE_UNKNOWN_ID, f"Unknown message id {msg_id}"))
             self._notify()
             return
         try:
@@ -804,8 +830,14 @@ class GatewaySim:
             self.counters.malformed += 1
             reason = _ascii(f"message {msg_id}: {type(exc).__name__}: {exc}")
             log.warning("session %d: bad request: %s", s.sid, reason)
-            s.send(wire.error_msg(s.version, -1, CODE_READ_ERROR,
-                                  f"Server error when reading an API client request: {reason}"))
+            s.send(
+                wire.error_msg(
+                    s.version,
+                    -1,
+                    CODE_READ_ERROR,
+                    f"Server error when reading an API client request: {reason}",
+                )
+            )
             self._notify()
             return
         if out:
@@ -823,8 +855,9 @@ class GatewaySim:
         return wire.next_valid_id(1)
 
     def _req_positions(self, s: _Session, f: list[str]) -> bytes:
-        out = b"".join(wire.position(acct, ins, qty, cost)
-                       for acct in self.accounts for ins, qty, cost, _ in HOLDINGS)
+        out = b"".join(
+            wire.position(acct, ins, qty, cost) for acct in self.accounts for ins, qty, cost, _ in HOLDINGS
+        )
         return out + wire.position_end()
 
     def _req_open_orders(self, s: _Session, f: list[str]) -> bytes:
@@ -839,62 +872,79 @@ class GatewaySim:
             return None
         out = b""
         if account in self.accounts:
-            out += b"".join(wire.account_value(tag, value, ccy, account)
-                            for tag, value, ccy in ACCOUNT_VALUES)
-            out += b"".join(wire.portfolio_value(account, ins, qty, price, cost)
-                            for ins, qty, cost, price in HOLDINGS)
-            out += wire.account_update_time(datetime.now(timezone.utc).strftime("%H:%M"))
+            out += b"".join(
+                wire.account_value(tag, value, ccy, account) for tag, value, ccy in ACCOUNT_VALUES
+            )
+            out += b"".join(
+                wire.portfolio_value(account, ins, qty, price, cost) for ins, qty, cost, price in HOLDINGS
+            )
+            out += wire.account_update_time(datetime.now(UTC).strftime("%H:%M"))
         return out + wire.account_download_end(account)
 
     def _req_account_updates_multi(self, s: _Session, f: list[str]) -> bytes:
         req_id, account, model = int(f[2]), f[3], f[4]
         accounts = self.accounts if account in ("", "All") else (account,)
-        out = b"".join(wire.account_update_multi(req_id, acct, model, tag, value, ccy)
-                       for acct in accounts if acct in self.accounts
-                       for tag, value, ccy in ACCOUNT_VALUES)
+        out = b"".join(
+            wire.account_update_multi(req_id, acct, model, tag, value, ccy)
+            for acct in accounts
+            if acct in self.accounts
+            for tag, value, ccy in ACCOUNT_VALUES
+        )
         return out + wire.account_update_multi_end(req_id)
 
     def _req_executions(self, s: _Session, f: list[str]) -> bytes:
         req_id = int(f[2])
         acct_filter = f[4] if len(f) > 4 else ""
         symbol_filter = f[6] if len(f) > 6 else ""
-        today = datetime.now(timezone.utc).strftime("%Y%m%d")
+        today = datetime.now(UTC).strftime("%Y%m%d")
         out = b""
         for n, acct in enumerate(self.accounts):
             if acct_filter and acct != acct_filter:
                 continue
             if symbol_filter and symbol_filter != AAPL.symbol:
                 continue
-            fill = wire.Fill(exec_id=f"0000e0d5.65a1b2c3.01.{n + 1:02d}", account=acct, ins=AAPL,
-                             side="BOT", shares=10.0, price=186.95, time=f"{today} 13:30:00 UTC",
-                             order_id=0, perm_id=1_000_000 + n, client_id=0, commission=1.0)
+            fill = wire.Fill(
+                exec_id=f"0000e0d5.65a1b2c3.01.{n + 1:02d}",
+                account=acct,
+                ins=AAPL,
+                side="BOT",
+                shares=10.0,
+                price=186.95,
+                time=f"{today} 13:30:00 UTC",
+                order_id=0,
+                perm_id=1_000_000 + n,
+                client_id=0,
+                commission=1.0,
+            )
             out += wire.execution(s.version or wire.SERVER_MAX_VERSION, req_id, fill)
             out += wire.commission_report(fill)
         return out + wire.execution_end(req_id)
 
     def _req_account_summary(self, s: _Session, f: list[str]) -> bytes:
         req_id, tags = int(f[2]), set(f[4].split(",")) if len(f) > 4 else set()
-        out = b"".join(wire.account_summary(req_id, acct, tag, value, ccy)
-                       for acct in self.accounts
-                       for tag, value, ccy in ACCOUNT_VALUES if not tags or tag in tags)
+        out = b"".join(
+            wire.account_summary(req_id, acct, tag, value, ccy)
+            for acct in self.accounts
+            for tag, value, ccy in ACCOUNT_VALUES
+            if not tags or tag in tags
+        )
         return out + wire.account_summary_end(req_id)
 
     def _req_historical_data(self, s: _Session, f: list[str]) -> bytes:
         """Enough for ib_async's Watchdog probe: a few 5 s midpoint bars ending now."""
         req_id = int(f[1])
         now = int(time.time()) // 5 * 5
-        bars = [(str(now - 5 * (5 - i)), 1.0850, 1.0852, 1.0849, 1.0851, -1.0, -1.0, -1)
-                for i in range(6)]
+        bars = [(str(now - 5 * (5 - i)), 1.0850, 1.0852, 1.0849, 1.0851, -1.0, -1.0, -1) for i in range(6)]
         fmt = "%Y%m%d %H:%M:%S"
-        start = datetime.fromtimestamp(now - 30, timezone.utc).strftime(fmt) + " UTC"
-        end = datetime.fromtimestamp(now, timezone.utc).strftime(fmt) + " UTC"
+        start = datetime.fromtimestamp(now - 30, UTC).strftime(fmt) + " UTC"
+        end = datetime.fromtimestamp(now, UTC).strftime(fmt) + " UTC"
         return wire.historical_data(req_id, start, end, bars)
 
     def _ignore(self, s: _Session, f: list[str]) -> None:
         """Cancels and subscriptions that need no reply."""
-        return None
+        return
 
-    _HANDLERS: dict[int, Callable[["GatewaySim", _Session, list[str]], bytes | None]] = {
+    _HANDLERS: ClassVar[dict[int, Callable[[GatewaySim, _Session, list[str]], bytes | None]]] = {
         wire.REQ_CURRENT_TIME: _req_current_time,
         wire.REQ_MANAGED_ACCTS: _req_managed_accts,
         wire.REQ_IDS: _req_ids,

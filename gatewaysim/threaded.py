@@ -7,8 +7,9 @@ the simulator's loop through an anyio BlockingPortal, so the simulator itself st
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import anyio
 from anyio.from_thread import BlockingPortal

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import re
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 HELLO_PREFIX = b"API\0"
 MAX_FRAME = 16 * 1024 * 1024  # far above anything a client sends; larger means garbage
@@ -252,9 +252,24 @@ class Instrument:
 
 def position(account: str, ins: Instrument, qty: float, avg_cost: float) -> bytes:
     """POSITION_DATA: exactly 16 fields (ib_async unpacks it as a strict tuple)."""
-    return encode_msg(POSITION_DATA, 3, account, ins.con_id, ins.symbol, ins.sec_type, "", 0.0,
-                      "", ins.multiplier, ins.exchange, ins.currency, ins.local_symbol,
-                      ins.trading_class, qty, avg_cost)
+    return encode_msg(
+        POSITION_DATA,
+        3,
+        account,
+        ins.con_id,
+        ins.symbol,
+        ins.sec_type,
+        "",
+        0.0,
+        "",
+        ins.multiplier,
+        ins.exchange,
+        ins.currency,
+        ins.local_symbol,
+        ins.trading_class,
+        qty,
+        avg_cost,
+    )
 
 
 def position_end() -> bytes:
@@ -274,15 +289,34 @@ def account_value(key: str, value: str, currency: str, account: str) -> bytes:
     return encode_msg(ACCT_VALUE, 2, key, value, currency, account)
 
 
-def portfolio_value(account: str, ins: Instrument, qty: float, market_price: float,
-                    avg_cost: float, realized_pnl: float = 0.0) -> bytes:
+def portfolio_value(
+    account: str, ins: Instrument, qty: float, market_price: float, avg_cost: float, realized_pnl: float = 0.0
+) -> bytes:
     """PORTFOLIO_VALUE: 20 fields, primaryExchange in the exchange slot as TWS sends it."""
     market_value = round(qty * market_price, 2)
     unrealized = round(market_value - qty * avg_cost, 2)
-    return encode_msg(PORTFOLIO_VALUE, 8, ins.con_id, ins.symbol, ins.sec_type, "", 0.0, "",
-                      ins.multiplier, ins.primary_exchange, ins.currency, ins.local_symbol,
-                      ins.trading_class, qty, market_price, market_value, avg_cost, unrealized,
-                      realized_pnl, account)
+    return encode_msg(
+        PORTFOLIO_VALUE,
+        8,
+        ins.con_id,
+        ins.symbol,
+        ins.sec_type,
+        "",
+        0.0,
+        "",
+        ins.multiplier,
+        ins.primary_exchange,
+        ins.currency,
+        ins.local_symbol,
+        ins.trading_class,
+        qty,
+        market_price,
+        market_value,
+        avg_cost,
+        unrealized,
+        realized_pnl,
+        account,
+    )
 
 
 def account_update_time(hhmm: str) -> bytes:
@@ -293,8 +327,9 @@ def account_download_end(account: str) -> bytes:
     return encode_msg(ACCT_DOWNLOAD_END, 1, account)
 
 
-def account_update_multi(req_id: int, account: str, model_code: str, key: str, value: str,
-                         currency: str) -> bytes:
+def account_update_multi(
+    req_id: int, account: str, model_code: str, key: str, value: str, currency: str
+) -> bytes:
     return encode_msg(ACCOUNT_UPDATE_MULTI, 1, req_id, account, model_code, key, value, currency)
 
 
@@ -322,10 +357,37 @@ class Fill:
 def execution(server_version: int, req_id: int, f: Fill) -> bytes:
     """EXECUTION_DATA as decoded at 157..178 (no version field; pendingPriceRevision at 178)."""
     fields: list[object] = [
-        EXECUTION_DATA, req_id, f.order_id, f.ins.con_id, f.ins.symbol, f.ins.sec_type, "", 0.0,
-        "", f.ins.multiplier, f.ins.exchange, f.ins.currency, f.ins.local_symbol,
-        f.ins.trading_class, f.exec_id, f.time, f.account, f.ins.primary_exchange, f.side,
-        f.shares, f.price, f.perm_id, f.client_id, 0, f.shares, f.price, "", "", "", "", 1,
+        EXECUTION_DATA,
+        req_id,
+        f.order_id,
+        f.ins.con_id,
+        f.ins.symbol,
+        f.ins.sec_type,
+        "",
+        0.0,
+        "",
+        f.ins.multiplier,
+        f.ins.exchange,
+        f.ins.currency,
+        f.ins.local_symbol,
+        f.ins.trading_class,
+        f.exec_id,
+        f.time,
+        f.account,
+        f.ins.primary_exchange,
+        f.side,
+        f.shares,
+        f.price,
+        f.perm_id,
+        f.client_id,
+        0,
+        f.shares,
+        f.price,
+        "",
+        "",
+        "",
+        "",
+        1,
     ]
     if server_version >= 178:
         fields.append(0)
@@ -348,8 +410,9 @@ def account_summary_end(req_id: int) -> bytes:
     return encode_msg(ACCOUNT_SUMMARY_END, 1, req_id)
 
 
-def historical_data(req_id: int, start: str, end: str,
-                    bars: list[tuple[str, float, float, float, float, float, float, int]]) -> bytes:
+def historical_data(
+    req_id: int, start: str, end: str, bars: list[tuple[str, float, float, float, float, float, float, int]]
+) -> bytes:
     """HISTORICAL_DATA: no version field; each bar is date, O, H, L, C, volume, wap, count."""
     flat: list[object] = [HISTORICAL_DATA, req_id, start, end, len(bars)]
     for bar in bars:

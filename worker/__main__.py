@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import stat
@@ -31,17 +32,29 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, BinaryIO
 
 from worker.protocol import (
-    MAX_LINE_BYTES, PROTOCOL_VERSION, Code, CommandError, Event, EventName, ProtocolError, Request,
-    Response, decode_command, encode, event, failure, success,
+    MAX_LINE_BYTES,
+    PROTOCOL_VERSION,
+    Code,
+    CommandError,
+    Event,
+    EventName,
+    ProtocolError,
+    Request,
+    Response,
+    decode_command,
+    encode,
+    event,
+    failure,
+    success,
 )
 
-if TYPE_CHECKING:      # worker.session imports ib_async + the guard: only after main()'s check
+if TYPE_CHECKING:  # worker.session imports ib_async + the guard: only after main()'s check
     from worker.session import Session
 
 log = logging.getLogger("worker")
 
 CHUNK = 1 << 16
-DEFAULT_MIN_SESSION = 1.0     # s; IBGW_WORKER_MIN_SESSION overrides (see linger())
+DEFAULT_MIN_SESSION = 1.0  # s; IBGW_WORKER_MIN_SESSION overrides (see linger())
 
 
 class StdoutGone(Exception):
@@ -92,9 +105,12 @@ class Worker:
 
     def line_too_long(self, size: int) -> None:
         self.ctx.counters.rejected += 1
-        self.write(failure(Code.LINE_TOO_LONG,
-                           f"line longer than {MAX_LINE_BYTES} bytes (read {size} so far); "
-                           f"the rest of it is discarded"))
+        self.write(
+            failure(
+                Code.LINE_TOO_LONG,
+                f"line longer than {MAX_LINE_BYTES} bytes (read {size} so far); the rest of it is discarded",
+            )
+        )
 
     async def _run(self, req: Request, params: object) -> None:
         cmd = self.registry.get(req.command)
@@ -106,10 +122,9 @@ class Worker:
         except CommandError as exc:
             resp = failure(exc.code, exc.message, id=req.id, ib_code=exc.ib_code)
             self.ctx.counters.failed += 1
-        except Exception as exc:  # noqa: BLE001 - a request always gets an answer
+        except Exception as exc:
             log.exception("%s failed", req.command)
-            resp = failure(Code.INTERNAL_ERROR, f"{req.command}: {type(exc).__name__}: {exc}",
-                           id=req.id)
+            resp = failure(Code.INTERNAL_ERROR, f"{req.command}: {type(exc).__name__}: {exc}", id=req.id)
             self.ctx.counters.failed += 1
         finally:
             self.ctx.counters.in_flight -= 1
@@ -130,8 +145,7 @@ class LineSplitter:
 
     __slots__ = ("_buf", "_discarding", "_on_line", "_on_too_long")
 
-    def __init__(self, on_line: Callable[[bytes], None],
-                 on_too_long: Callable[[int], None]) -> None:
+    def __init__(self, on_line: Callable[[bytes], None], on_too_long: Callable[[int], None]) -> None:
         self._buf = bytearray()
         self._discarding = False
         self._on_line = on_line
@@ -152,7 +166,7 @@ class LineSplitter:
                 return
             if self._discarding:
                 self._discarding = False
-            elif not buf:                       # the whole line is in this chunk: no copy via buf
+            elif not buf:  # the whole line is in this chunk: no copy via buf
                 if nl - start > MAX_LINE_BYTES:
                     on_too_long(nl - start)
                 else:
@@ -173,8 +187,9 @@ class LineSplitter:
         self._buf.clear()
 
 
-async def read_lines(read: Callable[[], Awaitable[bytes]], on_line: Callable[[bytes], None],
-                     on_too_long: Callable[[int], None]) -> None:
+async def read_lines(
+    read: Callable[[], Awaitable[bytes]], on_line: Callable[[bytes], None], on_too_long: Callable[[int], None]
+) -> None:
     """Feed chunks from read() to a LineSplitter until EOF."""
     splitter = LineSplitter(on_line, on_too_long)
     while chunk := await read():
@@ -204,14 +219,14 @@ class _StdinProtocol(asyncio.Protocol):
             return
         try:
             self._splitter.feed(data)
-        except BaseException as exc:  # noqa: BLE001 - StdoutGone etc. end serve() as before
+        except BaseException as exc:
             self._fail(exc)
 
     def eof_received(self) -> bool | None:
         if not self._done.done():
             try:
                 self._splitter.close()
-            except BaseException as exc:  # noqa: BLE001
+            except BaseException as exc:
                 self._fail(exc)
                 return None
             self._done.set_result(None)
@@ -225,8 +240,7 @@ class _StdinProtocol(asyncio.Protocol):
                 self._done.set_exception(exc)
 
 
-async def read_stdin(on_line: Callable[[bytes], None],
-                     on_too_long: Callable[[int], None]) -> None:
+async def read_stdin(on_line: Callable[[bytes], None], on_too_long: Callable[[int], None]) -> None:
     """Dispatch stdin's lines until EOF.
 
     A pipe or socket (the manager's case) is read by a protocol that splits and dispatches in
@@ -249,11 +263,14 @@ async def serve(out: BinaryIO) -> int:
     import ib_async
 
     worker = Worker(out)
-    worker.write(event(EventName.READY, {"pid": os.getpid(), "ib_async": ib_async.__version__,
-                                         "protocol": PROTOCOL_VERSION}))
+    worker.write(
+        event(
+            EventName.READY,
+            {"pid": os.getpid(), "ib_async": ib_async.__version__, "protocol": PROTOCOL_VERSION},
+        )
+    )
     await read_stdin(worker.handle_line, worker.line_too_long)
-    log.info("stdin closed; answering %d request(s) in flight, then exiting",
-             len(worker.tasks))
+    log.info("stdin closed; answering %d request(s) in flight, then exiting", len(worker.tasks))
     await worker.drain()
     await linger(worker.ctx.session)
     return 0
@@ -275,18 +292,19 @@ async def linger(session: Session) -> None:
     if session.connected and session.connected_at is not None:
         left = session.connected_at + min_session_at_exit() - time.monotonic()
         if left > 0:
-            log.info("session is %.0f ms old: keeping it %.0f ms more before exiting",
-                     (time.monotonic() - session.connected_at) * 1000, left * 1000)
+            log.info(
+                "session is %.0f ms old: keeping it %.0f ms more before exiting",
+                (time.monotonic() - session.connected_at) * 1000,
+                left * 1000,
+            )
             await asyncio.sleep(left)
 
 
 def _exit(code: int) -> None:
     """Flush and leave without running finalisers (nothing may close the socket but the kernel)."""
     for stream in (sys.stdout, sys.stderr):
-        try:
+        with contextlib.suppress(Exception):
             stream.flush()
-        except Exception:  # noqa: BLE001
-            pass
     logging.shutdown()
     os._exit(code)
 
@@ -305,9 +323,10 @@ def _trampoline(fn: Callable[[], None]) -> None:
 # and the serve loop go: no boundary is crossed, whatever the entry point.
 _STACK_HEADROOM_SLOTS = 4096
 _with_stack_headroom = types.FunctionType(
-    _trampoline.__code__.replace(
-        co_stacksize=_trampoline.__code__.co_stacksize + _STACK_HEADROOM_SLOTS),
-    _trampoline.__globals__, "_with_stack_headroom")
+    _trampoline.__code__.replace(co_stacksize=_trampoline.__code__.co_stacksize + _STACK_HEADROOM_SLOTS),
+    _trampoline.__globals__,
+    "_with_stack_headroom",
+)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -320,11 +339,13 @@ def _main(argv: list[str] | None) -> None:
     parser.add_argument("--label", default="", help="ignored; shows in ps (ibgw-fsm:host:port:id)")
     parser.parse_args(argv)
     logging.basicConfig(
-        stream=sys.stderr, format="%(asctime)s worker[%(process)d] %(levelname)s %(name)s: %(message)s",
-        level=os.environ.get("IBGW_WORKER_LOG_LEVEL", "INFO").upper())
+        stream=sys.stderr,
+        format="%(asctime)s worker[%(process)d] %(levelname)s %(name)s: %(message)s",
+        level=os.environ.get("IBGW_WORKER_LOG_LEVEL", "INFO").upper(),
+    )
     try:
         from worker import guard
-    except RuntimeError as exc:          # GuardVersionError: wrong ib_async
+    except RuntimeError as exc:  # GuardVersionError: wrong ib_async
         log.critical("%s", exc)
         _exit(3)
     guard.install()
@@ -338,7 +359,7 @@ def _main(argv: list[str] | None) -> None:
         code = 1
     except KeyboardInterrupt:
         code = 130
-    except BaseException:  # noqa: BLE001
+    except BaseException:
         log.exception("worker crashed")
         code = 2
     # Not loop.close()/asyncio.run cleanup: leave every transport to the kernel at exit.

@@ -52,7 +52,8 @@ def check_version(installed: str) -> None:
             f"worker.guard is written against ib_async=={PINNED_IB_ASYNC}, but {installed} is "
             f"installed. A different version may disconnect on paths the guard does not know. "
             f"Install ib_async=={PINNED_IB_ASYNC}, or re-read ib_async's ib.py, client.py and "
-            f"connection.py for disconnect()/close() paths, update worker/guard.py, then the pin.")
+            f"connection.py for disconnect()/close() paths, update worker/guard.py, then the pin."
+        )
 
 
 check_version(ib_async.__version__)
@@ -105,13 +106,11 @@ def _caller(depth: int = 2) -> str:
 def _suppress(path: str) -> None:
     caller = _caller(3)
     stats.record(path, caller)
-    log.warning("suppressed %s (called from %s); any socket stays open until the worker exits",
-                path, caller)
+    log.warning("suppressed %s (called from %s); any socket stays open until the worker exits", path, caller)
 
 
 def _ib_disconnect(self: IB) -> None:
     _suppress("IB.disconnect")
-    return None
 
 
 def _ib_del(self: IB) -> None:
@@ -119,7 +118,7 @@ def _ib_del(self: IB) -> None:
 
 
 def _ib_exit(self: IB, *_exc: object) -> None:
-    _suppress("IB.__exit__")   # returns None: never swallows the exception
+    _suppress("IB.__exit__")  # returns None: never swallows the exception
 
 
 def _client_disconnect(self: Client) -> None:

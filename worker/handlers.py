@@ -22,9 +22,22 @@ from msgspec import Struct
 
 from worker import guard
 from worker.protocol import (
-    COMMAND_PARAMS, DEFAULT_REQUEST_TIMEOUT, PROTOCOL_VERSION, AccountParams, AccountsResult,
-    AccountSummaryResult, Code, CommandError, ConnectParams, NoParams, Params, PingResult,
-    PositionRow, PositionsResult, SummaryRow, TimeoutParams,
+    COMMAND_PARAMS,
+    DEFAULT_REQUEST_TIMEOUT,
+    PROTOCOL_VERSION,
+    AccountParams,
+    AccountsResult,
+    AccountSummaryResult,
+    Code,
+    CommandError,
+    ConnectParams,
+    NoParams,
+    Params,
+    PingResult,
+    PositionRow,
+    PositionsResult,
+    SummaryRow,
+    TimeoutParams,
 )
 from worker.session import Session
 
@@ -37,10 +50,10 @@ Handler = Callable[["Context", P], Awaitable[Result]]
 class Counters:
     """Request accounting for `status` (responses written, by outcome)."""
 
-    requests: int = 0           # lines that parsed as a request and were dispatched
+    requests: int = 0  # lines that parsed as a request and were dispatched
     succeeded: int = 0
     failed: int = 0
-    rejected: int = 0           # lines answered with a protocol error before dispatch
+    rejected: int = 0  # lines answered with a protocol error before dispatch
     in_flight: int = 0
 
 
@@ -69,11 +82,15 @@ class Registry:
     def add(self, name: str, params: type[P], handler: Handler[P]) -> None:
         self._commands[name] = Command(name, params, handler)
 
-    def command(self, name: str, params: type[P] = NoParams  # type: ignore[assignment]
-                ) -> Callable[[Handler[P]], Handler[P]]:
+    def command(
+        self,
+        name: str,
+        params: type[P] = NoParams,  # type: ignore[assignment]
+    ) -> Callable[[Handler[P]], Handler[P]]:
         def deco(fn: Handler[P]) -> Handler[P]:
             self.add(name, params, fn)
             return fn
+
         return deco
 
     def get(self, name: str) -> Command[Any] | None:
@@ -124,10 +141,19 @@ async def positions(ctx: Context, p: AccountParams) -> Result:
     s, timeout = ctx.session, _timeout(p)
     ib = s.require_connected("positions")
     rows = await s.call("positions", ib.reqPositionsAsync, timeout, one_at_a_time="positions")
-    out = [PositionRow(account=r.account, symbol=r.contract.symbol, sec_type=r.contract.secType,
-                       con_id=r.contract.conId, currency=r.contract.currency,
-                       position=float(r.position), avg_cost=float(r.avgCost))
-           for r in rows if not p.account or r.account == p.account]
+    out = [
+        PositionRow(
+            account=r.account,
+            symbol=r.contract.symbol,
+            sec_type=r.contract.secType,
+            con_id=r.contract.conId,
+            currency=r.contract.currency,
+            position=float(r.position),
+            avg_cost=float(r.avgCost),
+        )
+        for r in rows
+        if not p.account or r.account == p.account
+    ]
     return PositionsResult(positions=out)
 
 
@@ -148,9 +174,11 @@ async def account_summary(ctx: Context, p: AccountParams) -> Result:
     finally:
         if started and ib.client.isConnected():
             ib.client.cancelAccountSummary(started[0])
-    rows = [SummaryRow(account=v.account, tag=v.tag, value=v.value, currency=v.currency)
-            for v in ib.wrapper.acctSummary.values()
-            if not p.account or v.account == p.account]
+    rows = [
+        SummaryRow(account=v.account, tag=v.tag, value=v.value, currency=v.currency)
+        for v in ib.wrapper.acctSummary.values()
+        if not p.account or v.account == p.account
+    ]
     return AccountSummaryResult(rows=rows)
 
 
@@ -163,7 +191,7 @@ SUMMARY_TAGS = (
     "LookAheadAvailableFunds,LookAheadExcessLiquidity,HighestSeverity,DayTradesRemaining,"
     "DayTradesRemainingT+1,DayTradesRemainingT+2,DayTradesRemainingT+3,"
     "DayTradesRemainingT+4,Leverage,$LEDGER:ALL"
-)   # the same tag list as ib_async's reqAccountSummaryAsync
+)  # the same tag list as ib_async's reqAccountSummaryAsync
 
 
 def _req_summary(ib: ib_async.IB, req_id: int) -> Awaitable[None]:
@@ -188,8 +216,9 @@ async def status(ctx: Context, p: NoParams) -> Result:
         "accounts": list(s.accounts),
         "connected_for_s": round(now - s.connected_at, 3) if s.connected and s.connected_at else None,
         "socket_open": s.socket_open(),
-        "last_failure": ({"code": s.last_failure.code, "message": s.last_failure.message}
-                         if s.last_failure else None),
+        "last_failure": (
+            {"code": s.last_failure.code, "message": s.last_failure.message} if s.last_failure else None
+        ),
         "suppressed_disconnects": g["total"],
         "suppressed_by_path": g["by_path"],
         "guard_installed": guard.installed(),
@@ -197,10 +226,12 @@ async def status(ctx: Context, p: NoParams) -> Result:
         "requests_succeeded": c.succeeded,
         "requests_failed": c.failed,
         "requests_rejected": c.rejected,
-        "in_flight": c.in_flight - 1,          # not counting this status request
+        "in_flight": c.in_flight - 1,  # not counting this status request
         "counters": dict(s.counters),
-        "pacing": {"max_requests": ib_async.client.Client.MaxRequests,
-                   "interval_s": ib_async.client.Client.RequestsInterval},
+        "pacing": {
+            "max_requests": ib_async.client.Client.MaxRequests,
+            "interval_s": ib_async.client.Client.RequestsInterval,
+        },
         "pid": os.getpid(),
         "ib_async": ib_async.__version__,
         "protocol": PROTOCOL_VERSION,
@@ -214,7 +245,8 @@ async def disconnect(ctx: Context, p: NoParams) -> Result:
         Code.DISCONNECT_FORBIDDEN,
         "disconnect is refused: an explicit disconnect can turn the Gateway's API layer RED. "
         "A session ends only when this worker process exits: close its stdin (the manager's "
-        "shutdown() does this), and the worker answers what it has read and exits 0.")
+        "shutdown() does this), and the worker answers what it has read and exits 0.",
+    )
 
 
 assert set(registry.names()) == set(COMMAND_PARAMS), "protocol and registry disagree"

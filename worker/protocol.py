@@ -26,18 +26,48 @@ import msgspec
 from msgspec import Meta, Struct
 
 __all__ = [
-    "PROTOCOL_VERSION", "MAX_LINE_BYTES", "DEFAULT_REQUEST_TIMEOUT", "Code", "EventName",
-    "ProtocolError", "Params", "NoParams", "ConnectParams", "TimeoutParams", "AccountParams",
-    "COMMAND_PARAMS", "Request", "ErrorInfo", "Response", "Event", "ReadyData", "IbErrorData",
-    "ConnectResult", "PingResult", "AccountsResult", "PositionRow", "PositionsResult",
-    "SummaryRow", "AccountSummaryResult", "request", "connect", "success", "failure", "event",
-    "encode", "decode_request", "decode_command", "parse_params", "decode_incoming", "data_as",
+    "COMMAND_PARAMS",
+    "DEFAULT_REQUEST_TIMEOUT",
+    "MAX_LINE_BYTES",
+    "PROTOCOL_VERSION",
+    "AccountParams",
+    "AccountSummaryResult",
+    "AccountsResult",
+    "Code",
+    "ConnectParams",
+    "ConnectResult",
+    "ErrorInfo",
+    "Event",
+    "EventName",
+    "IbErrorData",
+    "NoParams",
+    "Params",
+    "PingResult",
+    "PositionRow",
+    "PositionsResult",
+    "ProtocolError",
+    "ReadyData",
+    "Request",
+    "Response",
+    "SummaryRow",
+    "TimeoutParams",
+    "connect",
+    "data_as",
+    "decode_command",
+    "decode_incoming",
+    "decode_request",
+    "encode",
+    "event",
+    "failure",
+    "parse_params",
+    "request",
+    "success",
 ]
 
 PROTOCOL_VERSION: Final = 1
-MAX_LINE_BYTES: Final = 1 << 20          # longest accepted line, excluding the newline
-DEFAULT_REQUEST_TIMEOUT: Final = 10.0    # worker-side bound for a request without params.timeout
-MAX_TIMEOUT: Final = 86_400.0            # a day; keeps loop.call_at away from float overflow
+MAX_LINE_BYTES: Final = 1 << 20  # longest accepted line, excluding the newline
+DEFAULT_REQUEST_TIMEOUT: Final = 10.0  # worker-side bound for a request without params.timeout
+MAX_TIMEOUT: Final = 86_400.0  # a day; keeps loop.call_at away from float overflow
 
 
 class Code:
@@ -59,11 +89,25 @@ class Code:
     GATEWAY_ERROR: Final = "gateway_error"
     INTERNAL_ERROR: Final = "internal_error"
 
-    ALL: Final = frozenset({
-        INVALID_JSON, BAD_REQUEST, UNKNOWN_COMMAND, LINE_TOO_LONG, DISCONNECT_FORBIDDEN,
-        NOT_CONNECTED, ALREADY_CONNECTING, WORKER_SPENT, HANDSHAKE_TIMEOUT, CLIENT_ID_IN_USE,
-        CONNECTION_REFUSED, PEER_CLOSED, REQUEST_TIMEOUT, GATEWAY_ERROR, INTERNAL_ERROR,
-    })
+    ALL: Final = frozenset(
+        {
+            INVALID_JSON,
+            BAD_REQUEST,
+            UNKNOWN_COMMAND,
+            LINE_TOO_LONG,
+            DISCONNECT_FORBIDDEN,
+            NOT_CONNECTED,
+            ALREADY_CONNECTING,
+            WORKER_SPENT,
+            HANDSHAKE_TIMEOUT,
+            CLIENT_ID_IN_USE,
+            CONNECTION_REFUSED,
+            PEER_CLOSED,
+            REQUEST_TIMEOUT,
+            GATEWAY_ERROR,
+            INTERNAL_ERROR,
+        }
+    )
 
 
 class EventName:
@@ -140,11 +184,12 @@ COMMAND_PARAMS: Final[Mapping[str, type[Params]]] = {
     "positions": AccountParams,
     "account_summary": AccountParams,
     "status": NoParams,
-    "disconnect": NoParams,       # recognised only to be refused with disconnect_forbidden
+    "disconnect": NoParams,  # recognised only to be refused with disconnect_forbidden
 }
 
 # --------------------------------------------------------------------------------------------
 # Envelopes
+
 
 class Request(Struct, omit_defaults=True):
     """One command; build it with request()/connect(), which always nest params."""
@@ -187,6 +232,7 @@ class Event(Struct, omit_defaults=True):
 
 
 # Typed payloads (for building on the worker side and checking on the manager side with data_as)
+
 
 class ReadyData(Struct):
     pid: int
@@ -246,6 +292,7 @@ class AccountSummaryResult(Struct):
 # --------------------------------------------------------------------------------------------
 # Constructors
 
+
 def request(command: str, *, id: int | None = None, **params: Any) -> Request:
     """Build a request; params always land under "params" (never at the top level).
 
@@ -268,10 +315,8 @@ def success(data: Mapping[str, Any] | Struct, *, id: int | None = None) -> Respo
     return Response(status="success", id=id, data=dict(data))
 
 
-def failure(code: str, message: str, *, id: int | None = None,
-            ib_code: int | None = None) -> Response:
-    return Response(status="error", id=id, error=ErrorInfo(code=code, message=message,
-                                                          ib_code=ib_code))
+def failure(code: str, message: str, *, id: int | None = None, ib_code: int | None = None) -> Response:
+    return Response(status="error", id=id, error=ErrorInfo(code=code, message=message, ib_code=ib_code))
 
 
 def event(name: str, data: Mapping[str, Any] | Struct | None = None) -> Event:
@@ -292,8 +337,15 @@ def encode(msg: Request | Response | Event) -> bytes:
 # Decoding
 
 _DECODE_FAILURES = (msgspec.DecodeError, RecursionError, UnicodeDecodeError, ValueError)
-_KIND = {dict: "an object", list: "an array", str: "a string", int: "a number",
-         float: "a number", bool: "a boolean", type(None): "null"}
+_KIND = {
+    dict: "an object",
+    list: "an array",
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "a boolean",
+    type(None): "null",
+}
 
 
 def _kind(value: Any) -> str:
@@ -307,8 +359,7 @@ def _read_id(obj: dict[str, Any]) -> int | None:
     return None
 
 
-def decode_request(line: bytes,
-                   commands: Mapping[str, type[Params]] = COMMAND_PARAMS) -> Request:
+def decode_request(line: bytes, commands: Mapping[str, type[Params]] = COMMAND_PARAMS) -> Request:
     """Worker side: parse and check one line; raise ProtocolError(code, message, id).
 
     Checks, in order: size, JSON, object, id, command, misplaced top-level keys, params object,
@@ -317,12 +368,12 @@ def decode_request(line: bytes,
     return decode_command(line, commands)[0]
 
 
-def decode_command(line: bytes, commands: Mapping[str, type[Params]] = COMMAND_PARAMS
-                   ) -> tuple[Request, Params]:
+def decode_command(
+    line: bytes, commands: Mapping[str, type[Params]] = COMMAND_PARAMS
+) -> tuple[Request, Params]:
     """decode_request plus the typed params struct (what the worker dispatches on)."""
     if len(line) > MAX_LINE_BYTES:
-        raise ProtocolError(Code.LINE_TOO_LONG,
-                            f"line is {len(line)} bytes; the limit is {MAX_LINE_BYTES}")
+        raise ProtocolError(Code.LINE_TOO_LONG, f"line is {len(line)} bytes; the limit is {MAX_LINE_BYTES}")
     text = line.strip()
     if not text:
         raise ProtocolError(Code.INVALID_JSON, "empty line; expected one JSON object")
@@ -331,12 +382,10 @@ def decode_command(line: bytes, commands: Mapping[str, type[Params]] = COMMAND_P
     except _DECODE_FAILURES as exc:
         raise ProtocolError(Code.INVALID_JSON, f"invalid JSON: {exc}") from None
     if not isinstance(obj, dict):
-        raise ProtocolError(Code.BAD_REQUEST,
-                            f"a request must be a JSON object, got {_kind(obj)}")
+        raise ProtocolError(Code.BAD_REQUEST, f"a request must be a JSON object, got {_kind(obj)}")
     rid = _read_id(obj)
     if "id" in obj and obj["id"] is not None and rid is None:
-        raise ProtocolError(Code.BAD_REQUEST,
-                            f"id must be an integer or null, got {_kind(obj['id'])}")
+        raise ProtocolError(Code.BAD_REQUEST, f"id must be an integer or null, got {_kind(obj['id'])}")
     command = obj.get("command")
     if not isinstance(command, str) or not command:
         what = "is missing" if "command" not in obj else f"must be a non-empty string, got {_kind(command)}"
@@ -346,19 +395,20 @@ def decode_command(line: bytes, commands: Mapping[str, type[Params]] = COMMAND_P
         keys = ", ".join(extra)
         raise ProtocolError(
             Code.BAD_REQUEST,
-            f"{command}: unexpected top-level keys {keys}; parameters belong inside \"params\", "
-            f"e.g. {{\"command\": \"{command}\", \"params\": {{\"{extra[0]}\": ...}}}}",
-            rid)
+            f'{command}: unexpected top-level keys {keys}; parameters belong inside "params", '
+            f'e.g. {{"command": "{command}", "params": {{"{extra[0]}": ...}}}}',
+            rid,
+        )
     params = obj.get("params", {})
     if params is None:
         params = {}
     if not isinstance(params, dict):
-        raise ProtocolError(Code.BAD_REQUEST,
-                            f"{command}: params must be an object, got {_kind(params)}", rid)
+        raise ProtocolError(
+            Code.BAD_REQUEST, f"{command}: params must be an object, got {_kind(params)}", rid
+        )
     if command not in commands:
         known = ", ".join(sorted(commands))
-        raise ProtocolError(Code.UNKNOWN_COMMAND,
-                            f"unknown command {command!r}; known: {known}", rid)
+        raise ProtocolError(Code.UNKNOWN_COMMAND, f"unknown command {command!r}; known: {known}", rid)
     typed = parse_params(command, params, commands, id=rid)
     return Request(command=command, params=params, id=rid), typed
 
@@ -380,9 +430,13 @@ def _explain(command: str, err: str) -> str:
     return f"{command}: params: {err}"
 
 
-def parse_params(command: str, params: Mapping[str, Any],
-                 commands: Mapping[str, type[Params]] = COMMAND_PARAMS,
-                 *, id: int | None = None) -> Params:
+def parse_params(
+    command: str,
+    params: Mapping[str, Any],
+    commands: Mapping[str, type[Params]] = COMMAND_PARAMS,
+    *,
+    id: int | None = None,
+) -> Params:
     """Convert a params dict to the command's struct; bad_request with a precise message."""
     params_type = commands.get(command)
     if params_type is None:
@@ -391,7 +445,7 @@ def parse_params(command: str, params: Mapping[str, Any],
         out = msgspec.convert(dict(params), params_type)
     except msgspec.ValidationError as exc:
         raise ProtocolError(Code.BAD_REQUEST, _explain(command, str(exc)), id) from None
-    return out    # NaN/inf are refused by the Meta bounds (gt/le)
+    return out  # NaN/inf are refused by the Meta bounds (gt/le)
 
 
 def decode_incoming(line: bytes) -> Response | Event:
@@ -406,9 +460,9 @@ def decode_incoming(line: bytes) -> Response | Event:
     try:
         return msgspec.convert(obj, target)
     except msgspec.ValidationError as exc:
-        raise ProtocolError(Code.BAD_REQUEST,
-                            f"worker sent a malformed {target.__name__.lower()}: {exc}",
-                            _read_id(obj)) from None
+        raise ProtocolError(
+            Code.BAD_REQUEST, f"worker sent a malformed {target.__name__.lower()}: {exc}", _read_id(obj)
+        ) from None
 
 
 T = TypeVar("T", bound=Struct)

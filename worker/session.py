@@ -29,7 +29,13 @@ from ib_async.wrapper import RequestError
 
 from worker import guard
 from worker.protocol import (
-    Code, CommandError, ConnectParams, ConnectResult, Event, EventName, event,
+    Code,
+    CommandError,
+    ConnectParams,
+    ConnectResult,
+    Event,
+    EventName,
+    event,
 )
 
 log = logging.getLogger("worker.session")
@@ -45,22 +51,24 @@ class Phase(StrEnum):
 
 # Gateway error codes that end a connect attempt at once instead of waiting out the deadline.
 FAST_FAIL_CODES = {326: Code.CLIENT_ID_IN_USE}
-CLOSE_AFTER_326_WAIT = 1.0   # s to let the Gateway's close follow its 326 before answering
+CLOSE_AFTER_326_WAIT = 1.0  # s to let the Gateway's close follow its 326 before answering
 
 
 def classify_connect_error(exc: BaseException) -> CommandError:
     """Map what ib_async raised from connectAsync to one protocol error code."""
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     if isinstance(exc, ConnectionRefusedError):
-        return CommandError(Code.CONNECTION_REFUSED,
-                            f"connection refused ({text}); is the Gateway's API port open?")
+        return CommandError(
+            Code.CONNECTION_REFUSED, f"connection refused ({text}); is the Gateway's API port open?"
+        )
     if isinstance(exc, TimeoutError):
         return CommandError(Code.HANDSHAKE_TIMEOUT, f"ib_async timed out ({text})")
     if isinstance(exc, RequestError):
-        return CommandError(Code.GATEWAY_ERROR, f"Gateway error during start-up sync: {exc}",
-                            ib_code=exc.code)
+        return CommandError(
+            Code.GATEWAY_ERROR, f"Gateway error during start-up sync: {exc}", ib_code=exc.code
+        )
     if isinstance(exc, ConnectionError):
-        if exc.args and isinstance(exc.args[0], list):   # raiseSyncErrors: sync steps timed out
+        if exc.args and isinstance(exc.args[0], list):  # raiseSyncErrors: sync steps timed out
             return CommandError(Code.HANDSHAKE_TIMEOUT, f"start-up sync incomplete: {exc.args[0]}")
         return CommandError(Code.PEER_CLOSED, f"the Gateway closed the connection ({text})")
     if isinstance(exc, OSError):
@@ -70,14 +78,17 @@ def classify_connect_error(exc: BaseException) -> CommandError:
 
 def classify_request_error(command: str, exc: BaseException, timeout: float) -> CommandError:
     if isinstance(exc, TimeoutError):
-        return CommandError(Code.REQUEST_TIMEOUT,
-                            f"{command}: no answer from the Gateway within {timeout:g} s")
+        return CommandError(
+            Code.REQUEST_TIMEOUT, f"{command}: no answer from the Gateway within {timeout:g} s"
+        )
     if isinstance(exc, RequestError):
-        return CommandError(Code.GATEWAY_ERROR, f"{command}: Gateway error {exc.code}: "
-                            f"{exc.message}", ib_code=exc.code)
+        return CommandError(
+            Code.GATEWAY_ERROR, f"{command}: Gateway error {exc.code}: {exc.message}", ib_code=exc.code
+        )
     if isinstance(exc, ConnectionError):
-        return CommandError(Code.PEER_CLOSED, f"{command}: the session was lost while waiting "
-                            f"({type(exc).__name__}: {exc})")
+        return CommandError(
+            Code.PEER_CLOSED, f"{command}: the session was lost while waiting ({type(exc).__name__}: {exc})"
+        )
     return CommandError(Code.INTERNAL_ERROR, f"{command}: {type(exc).__name__}: {exc}")
 
 
@@ -91,11 +102,11 @@ class Session:
         self.params: ConnectParams | None = None
         self.accounts: list[str] = []
         self.server_version: int | None = None
-        self.connected_at: float | None = None          # monotonic s
+        self.connected_at: float | None = None  # monotonic s
         self.last_failure: CommandError | None = None
         self.counters: Counter[str] = Counter()
         self._fail: asyncio.Future[CommandError] | None = None
-        self._closed = asyncio.Event()          # the current IB's socket was closed by the peer
+        self._closed = asyncio.Event()  # the current IB's socket was closed by the peer
         self._locks: dict[str, asyncio.Lock] = {}
 
     # ---- state
@@ -129,29 +140,44 @@ class Session:
 
     def _connected_result(self, elapsed_ms: float, already: bool) -> ConnectResult:
         assert self.params is not None
-        return ConnectResult(connected=True, accounts=list(self.accounts),
-                             client_id=self.params.client_id,
-                             server_version=self.server_version or 0,
-                             already_connected=already, elapsed_ms=round(elapsed_ms, 3))
+        return ConnectResult(
+            connected=True,
+            accounts=list(self.accounts),
+            client_id=self.params.client_id,
+            server_version=self.server_version or 0,
+            already_connected=already,
+            elapsed_ms=round(elapsed_ms, 3),
+        )
 
     async def connect(self, p: ConnectParams) -> ConnectResult:
         if self.connected:
             if self.params and (p.host, p.port, p.client_id) != (
-                    self.params.host, self.params.port, self.params.client_id):
-                log.warning("connect %s:%s id %s while connected as %s:%s id %s: kept the "
-                            "existing session", p.host, p.port, p.client_id, self.params.host,
-                            self.params.port, self.params.client_id)
+                self.params.host,
+                self.params.port,
+                self.params.client_id,
+            ):
+                log.warning(
+                    "connect %s:%s id %s while connected as %s:%s id %s: kept the existing session",
+                    p.host,
+                    p.port,
+                    p.client_id,
+                    self.params.host,
+                    self.params.port,
+                    self.params.client_id,
+                )
             return self._connected_result(0.0, already=True)
         if self.phase is Phase.CONNECTING:
-            raise CommandError(Code.ALREADY_CONNECTING,
-                               "connect: a connect is already in progress in this worker")
+            raise CommandError(
+                Code.ALREADY_CONNECTING, "connect: a connect is already in progress in this worker"
+            )
         if self.socket_open():
             prev = self.last_failure.code if self.last_failure else self.phase.value
             raise CommandError(
                 Code.WORKER_SPENT,
                 f"connect: the previous connect failed ({prev}) and its socket is left open "
                 f"until this worker exits (the disconnect guard never closes it); the half-open "
-                f"ib_async client is not reused: retry in a fresh worker")
+                f"ib_async client is not reused: retry in a fresh worker",
+            )
         return await self._connect_fresh(p)
 
     async def _connect_fresh(self, p: ConnectParams) -> ConnectResult:
@@ -166,12 +192,13 @@ class Session:
         fail: asyncio.Future[CommandError] = loop.create_future()
         self._fail = fail
         t0 = time.perf_counter()
-        task = asyncio.ensure_future(ib.connectAsync(
-            p.host, p.port, p.client_id, timeout=p.timeout, readonly=p.readonly,
-            raiseSyncErrors=True))
+        task = asyncio.ensure_future(
+            ib.connectAsync(
+                p.host, p.port, p.client_id, timeout=p.timeout, readonly=p.readonly, raiseSyncErrors=True
+            )
+        )
         try:
-            done, _ = await asyncio.wait({task, fail}, timeout=p.timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({task, fail}, timeout=p.timeout, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
             task.cancel()
             self._finish_failed(CommandError(Code.INTERNAL_ERROR, "connect cancelled"))
@@ -184,10 +211,16 @@ class Session:
             self.connected_at = time.monotonic()
             self.accounts = ib.managedAccounts()
             self.server_version = ib.client.serverVersion()
-            ib.RaiseRequestErrors = True     # after the sync: request errors become gateway_error
+            ib.RaiseRequestErrors = True  # after the sync: request errors become gateway_error
             self.counters["connects"] += 1
-            log.info("connected to %s:%s as client id %s in %.1f ms (server version %s)",
-                     p.host, p.port, p.client_id, elapsed_ms, self.server_version)
+            log.info(
+                "connected to %s:%s as client id %s in %.1f ms (server version %s)",
+                p.host,
+                p.port,
+                p.client_id,
+                elapsed_ms,
+                self.server_version,
+            )
             return self._connected_result(elapsed_ms, already=False)
 
         if fail.done():
@@ -195,9 +228,11 @@ class Session:
         elif task.done() and not task.cancelled():
             err = classify_connect_error(task.exception())  # type: ignore[arg-type]
         else:
-            err = CommandError(Code.HANDSHAKE_TIMEOUT,
-                               f"connect: no complete API handshake and start-up sync from "
-                               f"{p.host}:{p.port} within {p.timeout:g} s")
+            err = CommandError(
+                Code.HANDSHAKE_TIMEOUT,
+                f"connect: no complete API handshake and start-up sync from "
+                f"{p.host}:{p.port} within {p.timeout:g} s",
+            )
         if not fail.done():
             fail.cancel()
         if err.code == Code.CLIENT_ID_IN_USE and self.socket_open():
@@ -211,7 +246,7 @@ class Session:
             task.cancel()
             await asyncio.wait({task}, timeout=5.0)
         if task.done() and not task.cancelled():
-            task.exception()        # retrieved: no "exception was never retrieved" noise
+            task.exception()  # retrieved: no "exception was never retrieved" noise
         self._finish_failed(err)
         err.message = f"{err.message} (after {elapsed_ms:.0f} ms)"
         raise err
@@ -220,8 +255,7 @@ class Session:
         self.phase = Phase.FAILED
         self.last_failure = err
         self.counters["connect_failures"] += 1
-        log.warning("connect failed: %s: %s; socket left open: %s", err.code, err.message,
-                    self.socket_open())
+        log.warning("connect failed: %s: %s; socket left open: %s", err.code, err.message, self.socket_open())
 
     def _set_fail(self, err: CommandError) -> None:
         if self._fail is not None and not self._fail.done():
@@ -232,11 +266,11 @@ class Session:
     def _wire(self, ib: IB) -> None:
         def on_error(req_id: int, code: int, message: str, _contract: Any) -> None:
             self.counters["ib_errors"] += 1
-            self._emit(event(EventName.IB_ERROR, {"code": code, "req_id": req_id,
-                                                  "message": message}))
+            self._emit(event(EventName.IB_ERROR, {"code": code, "req_id": req_id, "message": message}))
             if ib is self.ib and code in FAST_FAIL_CODES:
-                self._set_fail(CommandError(FAST_FAIL_CODES[code],
-                                            f"Gateway error {code}: {message}", ib_code=code))
+                self._set_fail(
+                    CommandError(FAST_FAIL_CODES[code], f"Gateway error {code}: {message}", ib_code=code)
+                )
 
         def on_socket_closed(msg: str) -> None:
             if ib is not self.ib:
@@ -244,8 +278,11 @@ class Session:
             self._closed.set()
             detail = f": {msg}" if msg else ""
             if self.phase is Phase.CONNECTING:
-                self._set_fail(CommandError(
-                    Code.PEER_CLOSED, f"the Gateway closed the socket during the handshake{detail}"))
+                self._set_fail(
+                    CommandError(
+                        Code.PEER_CLOSED, f"the Gateway closed the socket during the handshake{detail}"
+                    )
+                )
             elif self.phase is Phase.CONNECTED:
                 self.phase = Phase.LOST
                 self.counters["sessions_lost"] += 1
@@ -267,8 +304,9 @@ class Session:
 
     # ---- requests
 
-    async def call(self, command: str, start: Callable[[], Any], timeout: float,
-                   *, one_at_a_time: str | None = None) -> Any:
+    async def call(
+        self, command: str, start: Callable[[], Any], timeout: float, *, one_at_a_time: str | None = None
+    ) -> Any:
         """Start one Gateway round trip and await it; every failure becomes a CommandError.
 
         `one_at_a_time` names the ib_async request key to serialise on; waiting for it counts
@@ -281,5 +319,5 @@ class Session:
                     return await start()
         except asyncio.CancelledError:
             raise
-        except BaseException as exc:  # noqa: BLE001 - mapped to a code, never silence
+        except BaseException as exc:
             raise classify_request_error(command, exc, timeout) from exc

@@ -13,20 +13,28 @@ from __future__ import annotations
 from collections import defaultdict, deque
 from functools import cache
 
-from fsm.core import HANDSHAKE_FAILURES, Reason, State
 from test_core_properties import SPEC_EDGES, Driver
+
+from fsm.core import HANDSHAKE_FAILURES, Reason, State
 
 S = 1_000_000_000
 STEPS: tuple[tuple, ...] = (
-    ("start",), ("worker_ready",), ("handshake_ok",),
+    ("start",),
+    ("worker_ready",),
+    ("handshake_ok",),
     *(("handshake_failed", r) for r in sorted(HANDSHAKE_FAILURES)),
-    ("worker_exited",), ("session_lost",), ("connectivity_lost",),
-    ("connectivity_restored", False), ("connectivity_restored", True),
-    ("probe_ok",), ("probe_failed",), ("shutdown",),
-    ("@next",),      # advance to the next deadline and tick there
-    ("@on",),        # stand on the next deadline without ticking: inputs race the timer
-    ("@1ns",),       # a nanosecond later (ticking whatever falls due)
-    ("@1000s",),     # a long wait, ticking every deadline on the way
+    ("worker_exited",),
+    ("session_lost",),
+    ("connectivity_lost",),
+    ("connectivity_restored", False),
+    ("connectivity_restored", True),
+    ("probe_ok",),
+    ("probe_failed",),
+    ("shutdown",),
+    ("@next",),  # advance to the next deadline and tick there
+    ("@on",),  # stand on the next deadline without ticking: inputs race the timer
+    ("@1ns",),  # a nanosecond later (ticking whatever falls due)
+    ("@1000s",),  # a long wait, ticking every deadline on the way
 )
 MAX_DEPTH = 25
 
@@ -54,8 +62,15 @@ def abstract(d: Driver) -> tuple:
     nd = c.next_deadline()
     retry = c.metrics(d.now)["retry_at_ns"]
     return (
-        c.state, c.reason, nd is not None and nd <= d.now, retry is not None and retry <= d.now,
-        min(m.failures, 3), m.alive, m.retire_sent, m.session_alive(), m.probe_deadline is not None,
+        c.state,
+        c.reason,
+        nd is not None and nd <= d.now,
+        retry is not None and retry <= d.now,
+        min(m.failures, 3),
+        m.alive,
+        m.retire_sent,
+        m.session_alive(),
+        m.probe_deadline is not None,
         m.reap_pending,
     )
 
@@ -80,16 +95,18 @@ def explore() -> tuple[dict, dict, set]:
             graph[here].add(there)
             edges |= {(t.source, t.event, t.dest) for t in d.core.history}
             if there not in paths:
-                paths[there] = path + (step,)
-                queue.append(path + (step,))
+                paths[there] = (*path, step)
+                queue.append((*path, step))
     return paths, graph, edges
 
 
 def test_every_state_reachable_from_idle() -> None:
     paths, graph, _ = explore()
-    print(f"\nexhaustive walk: {len(paths)} abstract states, "
-          f"{sum(len(v) for v in graph.values())} abstract edges, "
-          f"{len(paths) * len(STEPS)} replays, depth {max(len(p) for p in paths.values())}")
+    print(
+        f"\nexhaustive walk: {len(paths)} abstract states, "
+        f"{sum(len(v) for v in graph.values())} abstract edges, "
+        f"{len(paths) * len(STEPS)} replays, depth {max(len(p) for p in paths.values())}"
+    )
     assert {k[0] for k in paths} == set(State)
     assert {k[1] for k in paths if k[0] is State.DEGRADED_RED} == set(Reason) - {Reason.shutdown}
 

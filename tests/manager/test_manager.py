@@ -13,6 +13,7 @@ from pathlib import Path
 import anyio
 import psutil
 import pytest
+from support.manager import assert_clean_exit, fast_settings, poll_until
 
 from fsm.core import Reason, State
 from fsm.errors import (
@@ -27,7 +28,6 @@ from fsm.manager import ConnectionManager, Notice, StateChange, Subscription
 from fsm.settings import Settings
 from fsm.status import read_status, status_path
 from fsm.zombies import lock_path
-from manager_support import assert_clean_exit, fast_settings, poll_until
 
 pytestmark = pytest.mark.anyio
 
@@ -92,8 +92,13 @@ def fake_argv(tmp_path: Path) -> list[str]:
 
 def quick(tmp_path: Path, **kw: object) -> Settings:
     """Fake-worker settings: no Gateway, so no fast-close window to respect."""
-    base: dict[str, object] = dict(min_session=0.05, probe_interval=0.2, probe_timeout=0.1,
-                                   retire_grace=0.3, kill_grace=0.3)
+    base: dict[str, object] = {
+        "min_session": 0.05,
+        "probe_interval": 0.2,
+        "probe_timeout": 0.1,
+        "retire_grace": 0.3,
+        "kill_grace": 0.3,
+    }
     base.update(kw)
     return fast_settings(tmp_path / "state", PORT, 7, **base)
 
@@ -168,8 +173,7 @@ async def test_request_can_wait_for_the_session(tmp_path: Path, fake_argv: list[
     ],
 )
 async def test_handshake_errors_map_to_reasons(
-    tmp_path: Path, fake_argv: list[str], monkeypatch: pytest.MonkeyPatch, code: str,
-    reason: Reason
+    tmp_path: Path, fake_argv: list[str], monkeypatch: pytest.MonkeyPatch, code: str, reason: Reason
 ) -> None:
     monkeypatch.setenv("FAKE_CONNECT_ERROR", code)
     async with ConnectionManager(quick(tmp_path), worker_argv=fake_argv) as m:
@@ -233,8 +237,16 @@ async def test_metrics_report_counts_and_durations(tmp_path: Path, fake_argv: li
     async with ConnectionManager(quick(tmp_path), worker_argv=fake_argv) as m:
         await m.wait_connected(10)
         mt = m.metrics()
-    for key in ("attempts", "sessions", "red_episodes", "client_id_in_use", "ib_326",
-                "last_handshake_latency_ns", "time_in_state_ns", "workers_spawned"):
+    for key in (
+        "attempts",
+        "sessions",
+        "red_episodes",
+        "client_id_in_use",
+        "ib_326",
+        "last_handshake_latency_ns",
+        "time_in_state_ns",
+        "workers_spawned",
+    ):
         assert key in mt, key
     assert mt["sessions"] == 1 and mt["last_handshake_latency_ns"] > 0
     assert mt["ib_326"] == 0 and mt["time_in_state_ns"]["SPAWNING"] > 0
@@ -289,9 +301,7 @@ async def test_cancelled_block_still_shuts_down(tmp_path: Path, fake_argv: list[
     await assert_clean_exit(m, None)
 
 
-async def test_an_error_in_the_block_propagates_after_shutdown(
-    tmp_path: Path, fake_argv: list[str]
-) -> None:
+async def test_an_error_in_the_block_propagates_after_shutdown(tmp_path: Path, fake_argv: list[str]) -> None:
     with pytest.raises(ValueError, match="trader bug"):
         async with ConnectionManager(quick(tmp_path), worker_argv=fake_argv) as m:
             await m.wait_connected(10)

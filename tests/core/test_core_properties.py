@@ -8,15 +8,27 @@ it, so a seeded bug must fail these same checks.
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
-from hypothesis import HealthCheck, settings, strategies as st
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from fsm.core import (
-    EVENTS, HANDSHAKE_FAILURES, TIMERS, ConnectionCore, NotifyDataLost, ReapZombies, Reason,
-    RetireWorker, SendConnect, SendProbe, SpawnWorker, State,
+    EVENTS,
+    HANDSHAKE_FAILURES,
+    TIMERS,
+    ConnectionCore,
+    NotifyDataLost,
+    ReapZombies,
+    Reason,
+    RetireWorker,
+    SendConnect,
+    SendProbe,
+    SpawnWorker,
+    State,
 )
 from fsm.errors import InvalidEvent
 from fsm.settings import Settings
@@ -72,11 +84,28 @@ def _backoff_edges() -> list[int]:
         b = min(b * 1.6, 120.0)
 
 
-SPECIAL_STEPS = sorted({
-    0, 1, HANDSHAKE_NS - 1, HANDSHAKE_NS, HANDSHAKE_NS + 1, 20 * S - 1, 20 * S, 20 * S + 1,
-    10 * S - 1, 10 * S, 10 * S + 1, 5 * S - 1, 5 * S, 5 * S + 1, STABLE_NS - 1, STABLE_NS,
-    STABLE_NS + 1, *_backoff_edges(),
-})
+SPECIAL_STEPS = sorted(
+    {
+        0,
+        1,
+        HANDSHAKE_NS - 1,
+        HANDSHAKE_NS,
+        HANDSHAKE_NS + 1,
+        20 * S - 1,
+        20 * S,
+        20 * S + 1,
+        10 * S - 1,
+        10 * S,
+        10 * S + 1,
+        5 * S - 1,
+        5 * S,
+        5 * S + 1,
+        STABLE_NS - 1,
+        STABLE_NS,
+        STABLE_NS + 1,
+        *_backoff_edges(),
+    }
+)
 time_steps = st.one_of(
     st.sampled_from(SPECIAL_STEPS),
     st.integers(0, 2 * S),
@@ -103,16 +132,16 @@ class Driver:
     def __init__(self, core_cls: type[ConnectionCore] = ConnectionCore, seed: int = 0) -> None:
         self.core = core_cls(SETTINGS, rng=random.Random(seed))
         self.now = 0
-        self.live = 0                     # workers spawned and not yet reported exited
+        self.live = 0  # workers spawned and not yet reported exited
         self.session_at: int | None = None  # handshake_ok time of the live worker's session
         self.socket_lost = False
-        self.seen = 0                     # history records already checked
+        self.seen = 0  # history records already checked
         self.last_dest = IDLE
         self.last_at = 0
         self.backoff = 0
         self.retry_at: int | None = None  # last observed retry deadline
         self.armed_at = self.armed_backoff = 0
-        self.checked_until = 0            # history position of the last backoff check
+        self.checked_until = 0  # history position of the last backoff check
 
     # ---- stimuli ----
     def fire(self, event: str, arg: object = None) -> bool:
@@ -159,7 +188,7 @@ class Driver:
 
     def perform(self, actions: list) -> None:
         core = self.core
-        new = list(core.history)[self.seen:]
+        new = list(core.history)[self.seen :]
         retired_by = {t.event for t in new}
         for a in actions:
             assert isinstance(a, ACTION_TYPES), f"unknown action {a!r}"
@@ -173,22 +202,33 @@ class Driver:
             elif isinstance(a, SendConnect):
                 assert core.state is HANDSHAKING
                 assert a.timeout * S == core.next_deadline() - self.now <= HANDSHAKE_NS, (
-                    f"SendConnect.timeout {a.timeout} is not the budget left")
+                    f"SendConnect.timeout {a.timeout} is not the budget left"
+                )
             elif isinstance(a, SendProbe):  # from a session state (maybe left later this step)
-                assert core.state is CONNECTED or core.reason is Reason.connectivity_lost or any(
-                    t.source in (CONNECTED, RED) for t in new), f"SendProbe in {core.state}"
+                assert (
+                    core.state is CONNECTED
+                    or core.reason is Reason.connectivity_lost
+                    or any(t.source in (CONNECTED, RED) for t in new)
+                ), f"SendProbe in {core.state}"
             elif isinstance(a, RetireWorker):
                 assert isinstance(a.reason, Reason)
                 assert self.live == 1, "RetireWorker with no live worker"
                 assert retired_by & {"retry", "shutdown"}, f"RetireWorker not from retry/shutdown: {new}"
                 if "retry" in retired_by and self.session_at is not None and not self.socket_lost:
                     assert self.now - self.session_at >= MIN_SESSION_NS, (
-                        f"fast close: retired a {(self.now - self.session_at) / S:.3f} s old session")
+                        f"fast close: retired a {(self.now - self.session_at) / S:.3f} s old session"
+                    )
 
     def snapshot(self) -> tuple:
         c = self.core
-        return (c.state, c.reason, c.next_deadline(), len(c.history),
-                tuple(c.history)[-1:], c.metrics(self.now))
+        return (
+            c.state,
+            c.reason,
+            c.next_deadline(),
+            len(c.history),
+            tuple(c.history)[-1:],
+            c.metrics(self.now),
+        )
 
     # ---- the rules, after every step ----
     def check(self) -> None:
@@ -202,9 +242,10 @@ class Driver:
         # Only a retry may be overdue: losing a young session can pull it back into the past
         # (min_session no longer applies); the driver's next tick fires it at once.
         assert deadline is None or deadline >= now or deadline == m["retry_at_ns"], (
-            "a deadline passed without firing")
+            "a deadline passed without firing"
+        )
         history = list(core.history)
-        for t in history[self.seen:]:
+        for t in history[self.seen :]:
             assert (t.source, t.event, t.dest) in SPEC_EDGES, f"undeclared edge {t}"
             assert t.source == self.last_dest, f"history chain broken at {t}"
             assert self.last_at <= t.at_ns <= now, f"history time not monotonic at {t}"
@@ -212,20 +253,24 @@ class Driver:
                 assert t.at_ns - self.last_at <= HANDSHAKE_NS, f"HANDSHAKING lasted past 30 s: {t}"
             if t.event == "retry":
                 assert self.retry_at is not None and t.at_ns >= self.retry_at, (
-                    f"retry at {t.at_ns} before its backoff deadline {self.retry_at}")
+                    f"retry at {t.at_ns} before its backoff deadline {self.retry_at}"
+                )
                 assert t.at_ns - self.armed_at >= (1 - JITTER) * self.armed_backoff - 1, (
                     f"retry {(t.at_ns - self.armed_at) / S} s after arming a "
-                    f"{self.armed_backoff / S} s backoff")
+                    f"{self.armed_backoff / S} s backoff"
+                )
             self.last_dest, self.last_at = t.dest, t.at_ns
         self.seen = len(history)
         if core.state is HANDSHAKING:
             entry = history[-1].at_ns
             assert deadline is not None and deadline - entry <= HANDSHAKE_NS, (
-                f"handshake deadline armed {(deadline - entry) / S} s after entry")
+                f"handshake deadline armed {(deadline - entry) / S} s after entry"
+            )
             assert now - entry <= HANDSHAKE_NS, "HANDSHAKING outlived its deadline"
         if m["backoff_ns"] < self.backoff:
             assert self.stable_since_last_check(history, now), (
-                f"backoff shrank {self.backoff} -> {m['backoff_ns']} without a stable session")
+                f"backoff shrank {self.backoff} -> {m['backoff_ns']} without a stable session"
+            )
         if m["retry_at_ns"] is not None and self.retry_at is None:  # newly armed
             self.armed_at, self.armed_backoff = now, m["backoff_ns"]
             assert m["backoff_ns"] > 0, "a retry deadline armed with no backoff"
@@ -235,7 +280,7 @@ class Driver:
 
     def stable_since_last_check(self, history: list, now: int) -> bool:
         """Was the core CONNECTED for stable_period without a break since the last check?"""
-        spans = [(a.at_ns, b.at_ns) for a, b in zip(history, history[1:]) if a.dest is CONNECTED]
+        spans = [(a.at_ns, b.at_ns) for a, b in itertools.pairwise(history) if a.dest is CONNECTED]
         if history and history[-1].dest is CONNECTED:
             spans.append((history[-1].at_ns, now))
         return any(end - start >= STABLE_NS and end >= self.checked_until for start, end in spans)
@@ -251,8 +296,12 @@ class CoreMachine(RuleBasedStateMachine):
         self.d = Driver(self.core_cls)
         self.extra = sorted(set(self.d.core._machine.events) - set(EVENTS) - set(TIMERS))
 
-    @rule(event=st.sampled_from(EVENTS), pid=st.integers(1, 99999),
-          reason=st.sampled_from(sorted(HANDSHAKE_FAILURES)), data_lost=st.booleans())
+    @rule(
+        event=st.sampled_from(EVENTS),
+        pid=st.integers(1, 99999),
+        reason=st.sampled_from(sorted(HANDSHAKE_FAILURES)),
+        data_lost=st.booleans(),
+    )
     def fire(self, event: str, pid: int, reason: Reason, data_lost: bool) -> None:
         arg = {"worker_ready": pid, "handshake_failed": reason, "connectivity_restored": data_lost}
         self.d.fire(event, arg.get(event))
@@ -262,9 +311,11 @@ class CoreMachine(RuleBasedStateMachine):
         """Mostly-valid inputs, so runs get deep (random events alone rarely reach CONNECTED)."""
         valid = [e for e in EVENTS if self.d.core.accepts(e, self.d.now)]
         event = data.draw(st.sampled_from(valid or list(EVENTS)))
-        arg = {"worker_ready": data.draw(st.integers(1, 99999)),
-               "handshake_failed": data.draw(st.sampled_from(sorted(HANDSHAKE_FAILURES))),
-               "connectivity_restored": data.draw(st.booleans())}.get(event)
+        arg = {
+            "worker_ready": data.draw(st.integers(1, 99999)),
+            "handshake_failed": data.draw(st.sampled_from(sorted(HANDSHAKE_FAILURES))),
+            "connectivity_restored": data.draw(st.booleans()),
+        }.get(event)
         self.d.fire(event, arg)
 
     @precondition(lambda self: self.extra)
@@ -294,7 +345,10 @@ class CoreMachine(RuleBasedStateMachine):
 
 
 PROPERTY_SETTINGS = settings(
-    max_examples=800, stateful_step_count=50, deadline=None, database=None,
+    max_examples=800,
+    stateful_step_count=50,
+    deadline=None,
+    database=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
 CoreMachine.TestCase.settings = PROPERTY_SETTINGS
@@ -307,7 +361,8 @@ def test_spec_edges_match_the_table() -> None:
 
     table = {
         (src, e.event, e.dest)
-        for e in TABLE if e.dest is not None
+        for e in TABLE
+        if e.dest is not None
         for src in (e.source if isinstance(e.source, tuple) else (e.source,))
     }
     assert table == SPEC_EDGES
@@ -322,9 +377,11 @@ def test_long_random_walk(seed: int) -> None:
     for _ in range(3000):
         if rng.random() < 0.5:
             event = rng.choice(EVENTS)
-            arg = {"worker_ready": rng.randrange(1, 99999),
-                   "handshake_failed": rng.choice(sorted(HANDSHAKE_FAILURES)),
-                   "connectivity_restored": rng.random() < 0.5}.get(event)
+            arg = {
+                "worker_ready": rng.randrange(1, 99999),
+                "handshake_failed": rng.choice(sorted(HANDSHAKE_FAILURES)),
+                "connectivity_restored": rng.random() < 0.5,
+            }.get(event)
             d.fire(event, arg)
         else:
             d.advance(rng.choice(SPECIAL_STEPS) if rng.random() < 0.5 else rng.randrange(3 * S))

@@ -15,13 +15,7 @@ from pathlib import Path
 import anyio
 import psutil
 import pytest
-
-from fsm.core import Reason, State
-from fsm.errors import NotConnected, WorkerDied
-from fsm.manager import ConnectionManager, Notice
-from fsm.zombies import lock_path
-from gatewaysim import Faults, GatewaySim
-from manager_support import (
+from support.manager import (
     FAST_CLOSE_WINDOW,
     assert_clean_exit,
     assert_session_invariants,
@@ -29,12 +23,17 @@ from manager_support import (
     fast_settings,
     poll_until,
     record,
-    report_recoveries,  # noqa: F401 - module fixture
     session_older_than_window,
     stale_worker_connect,
     start_stale_worker,
     write_dead_manager_lock,
 )
+
+from fsm.core import Reason, State
+from fsm.errors import NotConnected, WorkerDied
+from fsm.manager import ConnectionManager, Notice
+from fsm.zombies import lock_path
+from gatewaysim import Faults, GatewaySim
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("report_recoveries")]
 
@@ -94,9 +93,7 @@ async def test_worker_sigkill_fails_inflight_requests_then_respawns(
         await assert_clean_exit(m, sim)
 
 
-async def test_warm_spare_is_adopted_on_respawn(
-    tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
+async def test_warm_spare_is_adopted_on_respawn(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     async with GatewaySim(faults=watched()) as sim:
         settings = fast_settings(tmp_path, sim.port, CID, warm_spare=True)
         async with ConnectionManager(settings) as m:
@@ -170,8 +167,12 @@ async def test_gateway_drop_all_then_down_for(tmp_path: Path, request: pytest.Fi
             await m.wait_for(State.DEGRADED_RED, 5)
             await await_recovery(m, label(request), "down_for(1.0) -> CONNECTED", t1)
             up_ns = int([e for e in sim.events if e.kind == "up"][-1].at * 1e9)
-            record(label(request), "  of which: gateway up -> CONNECTED", up_ns,
-                   [t for t in m.history if t.dest == State.CONNECTED][-1].at_ns)
+            record(
+                label(request),
+                "  of which: gateway up -> CONNECTED",
+                up_ns,
+                [t for t in m.history if t.dest == State.CONNECTED][-1].at_ns,
+            )
             await assert_session_invariants(m, sim, CID)
         await assert_clean_exit(m, sim)
 
@@ -190,8 +191,7 @@ async def test_stale_worker_of_a_killed_manager_is_reaped_at_start(
                 assert await stale.wait() == -signal.SIGTERM  # ended before our first spawn
                 await sim.wait_until(lambda x: any(c.pid == stale.pid for c in x.client_closes), 5)
                 sim.red_on_fast_close(FAST_CLOSE_WINDOW)
-                await await_recovery(m, label(request), "start with zombie -> reaped -> CONNECTED",
-                                     t0)
+                await await_recovery(m, label(request), "start with zombie -> reaped -> CONNECTED", t0)
                 assert m.metrics()["zombies_reaped"] == 1
                 assert sim.counters.sent_326 == 0
                 await assert_session_invariants(m, sim, CID)
@@ -247,8 +247,7 @@ async def test_client_id_hold_by_the_gateway(tmp_path: Path, request: pytest.Fix
             t0 = time.monotonic_ns()
             os.kill(old, signal.SIGKILL)
             await poll_until(lambda: m.metrics()["client_id_in_use"] >= 1, 10, "a 326")
-            took = await await_recovery(m, label(request), "SIGKILL + id held 1.0 s -> CONNECTED",
-                                        t0)
+            took = await await_recovery(m, label(request), "SIGKILL + id held 1.0 s -> CONNECTED", t0)
             assert took >= 1.0
             assert sim.counters.sent_326 >= 1
             assert m.metrics()["ib_326"] >= 1
@@ -292,17 +291,18 @@ async def test_connectivity_1100_then_1102_keeps_the_session(
                         notices.append(item)
                         if item.kind == "data_lost":
                             break
-            assert {(n.kind, n.code) for n in notices} >= {("farm", 2103), ("farm", 2104),
-                                                            ("data_lost", 1101)}
+            assert {(n.kind, n.code) for n in notices} >= {
+                ("farm", 2103),
+                ("farm", 2104),
+                ("data_lost", 1101),
+            }
             assert m.farms[2103].startswith("Market data farm connection is broken")
             await assert_session_invariants(m, sim, CID)
         await assert_clean_exit(m, sim)
 
 
 @pytest.mark.parametrize("where", ["SPAWNING", "HANDSHAKING", "CONNECTED", "DEGRADED_RED", "IDLE"])
-async def test_shutdown_from_every_state(
-    tmp_path: Path, request: pytest.FixtureRequest, where: str
-) -> None:
+async def test_shutdown_from_every_state(tmp_path: Path, request: pytest.FixtureRequest, where: str) -> None:
     async with GatewaySim(faults=watched()) as sim:
         if where == "HANDSHAKING":
             sim.handshake_delay(5.0)
@@ -342,10 +342,9 @@ async def test_silent_gateway_handshake_times_out_at_30s_then_recovers_after_res
             await m.wait_for(State.HANDSHAKING, 20)
             await m.wait_for(State.DEGRADED_RED, 40)
             assert m.reason == Reason.api_unresponsive
-            hs = [t for t in m.history if t.dest == State.HANDSHAKING][0]
-            red = [t for t in m.history if t.dest == State.DEGRADED_RED][0]
-            took = record(label(request), "silent Gateway: HANDSHAKING -> DEGRADED_RED", hs.at_ns,
-                          red.at_ns)
+            hs = next(t for t in m.history if t.dest == State.HANDSHAKING)
+            red = next(t for t in m.history if t.dest == State.DEGRADED_RED)
+            took = record(label(request), "silent Gateway: HANDSHAKING -> DEGRADED_RED", hs.at_ns, red.at_ns)
             assert 30.0 <= took < 30.5
             t0 = time.monotonic_ns()
             sim.restart()

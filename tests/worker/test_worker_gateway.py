@@ -16,14 +16,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from support.worker_process import WorkerProcess
 
 from gatewaysim.faults import Faults
 from gatewaysim.threaded import ThreadedSim, running_in_thread
-from worker.client import WorkerProcess
 from worker.protocol import Code, ConnectResult, PingResult, Response, data_as, decode_incoming
 
 ACCOUNTS = ("DU1234567",)
-DEADLINE_MARGIN = 2.0      # s over the 30 s handshake budget that the answer may take
+DEADLINE_MARGIN = 2.0  # s over the 30 s handshake budget that the answer may take
 
 
 @pytest.fixture
@@ -40,10 +40,12 @@ def sessions_of(sim: ThreadedSim, client_id: int) -> list[dict[str, Any]]:
     return [s for s in sim.snapshot()["sessions"] if s["client_id"] == client_id]
 
 
-def connect(w: WorkerProcess, port: int, client_id: int, timeout: float = 30.0,
-            wait: float = 40.0) -> Response:
-    return w.call("connect", host="127.0.0.1", port=port, client_id=client_id, readonly=True,
-                  timeout=timeout, wait=wait)
+def connect(
+    w: WorkerProcess, port: int, client_id: int, timeout: float = 30.0, wait: float = 40.0
+) -> Response:
+    return w.call(
+        "connect", host="127.0.0.1", port=port, client_id=client_id, readonly=True, timeout=timeout, wait=wait
+    )
 
 
 def exit_and_check_close(w: WorkerProcess, sim: ThreadedSim, client_id: int) -> dict[str, Any]:
@@ -53,7 +55,7 @@ def exit_and_check_close(w: WorkerProcess, sim: ThreadedSim, client_id: int) -> 
     assert w.wait_exit(15) == 0, w.stderr_text()
     sim.wait_until(lambda s: len(s.client_closes) > before, 10)
     (rec,) = [c for c in closes(sim)[before:] if c["client_id"] == client_id]
-    assert rec["peer_alive"] is False, rec      # the process was gone: not a disconnect()
+    assert rec["peer_alive"] is False, rec  # the process was gone: not a disconnect()
     assert rec["pid"] == w.pid
     return rec
 
@@ -63,11 +65,14 @@ def exit_and_check_close(w: WorkerProcess, sim: ThreadedSim, client_id: int) -> 
 
 def test_report_by_hand_check_verbatim(sim: ThreadedSim) -> None:
     """echo '{"command": "connect", "params": {...}}' | python -m worker  (no shell)."""
-    line = ('{"command": "connect", "params": {"host": "127.0.0.1", "port": %d, '
-            '"client_id": 888, "readonly": true, "timeout": 30.0}}\n' % sim.port)
+    line = (
+        '{"command": "connect", "params": {"host": "127.0.0.1", "port": %d, '
+        '"client_id": 888, "readonly": true, "timeout": 30.0}}\n' % sim.port
+    )
     t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "worker"], input=line.encode(),
-                         capture_output=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "worker"], input=line.encode(), capture_output=True, timeout=60
+    )
     wall = time.perf_counter() - t0
     assert out.returncode == 0, out.stderr.decode()
     msgs = [decode_incoming(raw) for raw in out.stdout.splitlines()]
@@ -86,18 +91,23 @@ def test_report_by_hand_check_verbatim(sim: ThreadedSim) -> None:
     snap = sim.snapshot()
     assert snap["counters"]["handshakes"] == 1 and snap["client_ids_seen"] == [888]
     (rec,) = snap["client_closes"]
-    assert rec["peer_alive"] is False and rec["age"] >= 1.0   # linger: no fast close
-    print(f"\none-shot connect: {result.elapsed_ms:.1f} ms inside the worker, "
-          f"{wall * 1000:.0f} ms wall incl. start and the 1 s linger")
+    assert rec["peer_alive"] is False and rec["age"] >= 1.0  # linger: no fast close
+    print(
+        f"\none-shot connect: {result.elapsed_ms:.1f} ms inside the worker, "
+        f"{wall * 1000:.0f} ms wall incl. start and the 1 s linger"
+    )
 
 
 def test_one_shot_keeps_a_fast_close_sensitive_gateway_green() -> None:
     """With red_on_fast_close the by-hand check would have turned the Gateway RED: not any more."""
     with running_in_thread(accounts=ACCOUNTS, faults=Faults(red_on_fast_close=0.5)) as sim:
-        line = ('{"command": "connect", "params": {"host": "127.0.0.1", "port": %d, '
-                '"client_id": 5, "readonly": true, "timeout": 30.0}}\n' % sim.port)
-        out = subprocess.run([sys.executable, "-m", "worker"], input=line.encode(),
-                             capture_output=True, timeout=60)
+        line = (
+            '{"command": "connect", "params": {"host": "127.0.0.1", "port": %d, '
+            '"client_id": 5, "readonly": true, "timeout": 30.0}}\n' % sim.port
+        )
+        out = subprocess.run(
+            [sys.executable, "-m", "worker"], input=line.encode(), capture_output=True, timeout=60
+        )
         assert out.returncode == 0
         sim.wait_until(lambda s: len(s.client_closes) == 1, 10)
         snap = sim.snapshot()
@@ -126,7 +136,7 @@ def test_session_commands_and_second_connect(sim: ThreadedSim) -> None:
         assert len(sessions_of(sim, 11)) == 1 and sim.snapshot()["counters"]["handshakes"] == 1
 
         latencies = []
-        for _ in range(20):       # 20 pings stay under ib_async's 45 msg/s pacing
+        for _ in range(20):  # 20 pings stay under ib_async's 45 msg/s pacing
             t = time.perf_counter()
             ping = w.call("ping", timeout=5.0)
             latencies.append((time.perf_counter() - t) * 1000)
@@ -158,10 +168,12 @@ def test_session_commands_and_second_connect(sim: ThreadedSim) -> None:
         assert refused.error is not None and refused.error.code == Code.DISCONNECT_FORBIDDEN
         assert closes(sim) == [] and len(sessions_of(sim, 11)) == 1
 
-        print(f"\nconnect through the worker: {first.elapsed_ms:.1f} ms in ib_async, "
-              f"{connect_ms:.1f} ms request->response; ping round trip via worker: median "
-              f"{latencies[len(latencies) // 2]:.2f} ms, max {latencies[-1]:.2f} ms "
-              f"(ib_async-measured {p.latency_ms:.2f} ms)")
+        print(
+            f"\nconnect through the worker: {first.elapsed_ms:.1f} ms in ib_async, "
+            f"{connect_ms:.1f} ms request->response; ping round trip via worker: median "
+            f"{latencies[len(latencies) // 2]:.2f} ms, max {latencies[-1]:.2f} ms "
+            f"(ib_async-measured {p.latency_ms:.2f} ms)"
+        )
         exit_and_check_close(w, sim, 11)
     snap = sim.snapshot()
     assert snap["counters"]["handshakes"] == 1 and snap["client_ids_seen"] == [11]
@@ -182,13 +194,12 @@ def test_slow_connect_does_not_block_status(sim: ThreadedSim) -> None:
         exit_and_check_close(w, sim, 12)
 
 
-def test_eof_answers_what_was_read_one_session_for_the_life_of_the_worker(
-        sim: ThreadedSim) -> None:
+def test_eof_answers_what_was_read_one_session_for_the_life_of_the_worker(sim: ThreadedSim) -> None:
     with WorkerProcess(label="test-eof") as w:
         w.wait_ready()
         assert connect(w, sim.port, 13).ok
         ids = [w.submit("ping", timeout=5.0), w.submit("positions"), w.submit("status")]
-        w.close_stdin()                     # EOF right behind the requests
+        w.close_stdin()  # EOF right behind the requests
         answers = [w.wait_response(i, 10) for i in ids]
         assert all(a.ok for a in answers), answers
         assert w.wait_exit(15) == 0
@@ -211,7 +222,7 @@ def test_session_lost_and_ping_on_red(sim: ThreadedSim) -> None:
         took = time.perf_counter() - t0
         assert ping.error is not None and ping.error.code == Code.REQUEST_TIMEOUT, ping
         assert 0.9 <= took < 1.0 + DEADLINE_MARGIN
-        pending = w.submit("ping", timeout=20.0)        # will be cut off by the drop
+        pending = w.submit("ping", timeout=20.0)  # will be cut off by the drop
         # status is read after the ping, so the ping's task has run (sent its request) first
         in_flight = w.call("status").data
         assert in_flight is not None and in_flight["in_flight"] == 1
@@ -226,7 +237,7 @@ def test_session_lost_and_ping_on_red(sim: ThreadedSim) -> None:
         assert status["phase"] == "lost" and status["connected"] is False
         assert status["counters"]["sessions_lost"] == 1
         assert status["suppressed_disconnects"] == 0
-        assert closes(sim) == []                        # the Gateway closed it, not us
+        assert closes(sim) == []  # the Gateway closed it, not us
         w.close_stdin()
         assert w.wait_exit(15) == 0
 
@@ -247,8 +258,7 @@ def test_connectivity_notices_are_ib_error_events(sim: ThreadedSim) -> None:
 
 
 def test_client_id_in_use_is_answered_at_once(sim: ThreadedSim) -> None:
-    with WorkerProcess(label="test-holder") as holder, \
-            WorkerProcess(label="test-326") as second:
+    with WorkerProcess(label="test-holder") as holder, WorkerProcess(label="test-326") as second:
         holder.wait_ready()
         second.wait_ready()
         assert connect(holder, sim.port, 7).ok
@@ -301,7 +311,7 @@ def test_refused_then_connect_in_the_same_worker(sim: ThreadedSim) -> None:
         w.wait_ready()
         refused = connect(w, dead_port, 16)
         assert refused.error is not None and refused.error.code == Code.CONNECTION_REFUSED
-        ok = connect(w, sim.port, 16)          # no socket was left behind: a fresh IB() is fine
+        ok = connect(w, sim.port, 16)  # no socket was left behind: a fresh IB() is fine
         assert ok.ok, ok
         exit_and_check_close(w, sim, 16)
 
@@ -336,10 +346,14 @@ def test_handshake_timeout_on_red_and_on_stalled_sync() -> None:
     the socket closes only when the process exits.
     """
     results: dict[str, dict[str, Any]] = {"red": {}, "stall": {}}
-    with running_in_thread(accounts=ACCOUNTS, faults=Faults(silent=True)) as red, \
-            running_in_thread(accounts=ACCOUNTS, faults=Faults(stall_sync="positions")) as stall:
-        threads = [threading.Thread(target=_timeout_case, args=(red, 21, results["red"])),
-                   threading.Thread(target=_timeout_case, args=(stall, 22, results["stall"]))]
+    with (
+        running_in_thread(accounts=ACCOUNTS, faults=Faults(silent=True)) as red,
+        running_in_thread(accounts=ACCOUNTS, faults=Faults(stall_sync="positions")) as stall,
+    ):
+        threads = [
+            threading.Thread(target=_timeout_case, args=(red, 21, results["red"])),
+            threading.Thread(target=_timeout_case, args=(stall, 22, results["stall"])),
+        ]
         for t in threads:
             t.start()
         for t in threads:

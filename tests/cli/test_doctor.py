@@ -60,9 +60,14 @@ def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:
 def doctor(port: int, state_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, IBGW_STATE_DIR=str(state_dir))
     env.pop("IBKR_PORT", None)
-    return subprocess.run([sys.executable, "-m", "fsm.cli", "doctor", "--port", str(port), *extra],
-                          env=env, capture_output=True, text=True, timeout=60,
-                          stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "fsm.cli", "doctor", "--port", str(port), *extra],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def client_socket_states(pid: int, port: int) -> set[str]:
@@ -120,14 +125,21 @@ def test_close_wait_socket_of_a_stopped_worker_of_ours(tmp_path: Path) -> None:
     state.mkdir()
     with running_in_thread() as sim:
         label = f"ibgw-fsm:127.0.0.1:{sim.port}:{CLIENT_ID}"
-        w = subprocess.Popen([sys.executable, "-m", "worker", "--label", label],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        w = subprocess.Popen(
+            [sys.executable, "-m", "worker", "--label", label],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             assert w.stdin is not None and w.stdout is not None
             lines = Lines(w.stdout)
             lines.until(lambda m: m.get("event") == "ready", timeout=60)
-            req = {"id": 1, "command": "connect", "params": {
-                "host": "127.0.0.1", "port": sim.port, "client_id": CLIENT_ID, "timeout": 30.0}}
+            req = {
+                "id": 1,
+                "command": "connect",
+                "params": {"host": "127.0.0.1", "port": sim.port, "client_id": CLIENT_ID, "timeout": 30.0},
+            }
             w.stdin.write((json.dumps(req) + "\n").encode())
             w.stdin.flush()
             resp = lines.until(lambda m: m.get("id") == 1, timeout=60)
@@ -136,13 +148,24 @@ def test_close_wait_socket_of_a_stopped_worker_of_ours(tmp_path: Path) -> None:
             # the worker freezes (hung trader, debugger, ^Z); then the Gateway drops every session
             os.kill(w.pid, signal.SIGSTOP)
             sim.call("drop_all")
-            wait_until(lambda: "CLOSE_WAIT" in client_socket_states(w.pid, sim.port), 10,
-                       "the stopped worker's socket to reach CLOSE_WAIT")
+            wait_until(
+                lambda: "CLOSE_WAIT" in client_socket_states(w.pid, sim.port),
+                10,
+                "the stopped worker's socket to reach CLOSE_WAIT",
+            )
             # and the lock file of the manager that died and left it behind
-            lock_path(state, "127.0.0.1", sim.port, CLIENT_ID).write_text(json.dumps({
-                "manager_pid": dead_pid(), "worker_pid": w.pid,
-                "worker_create_time": psutil.Process(w.pid).create_time(),
-                "host": "127.0.0.1", "port": sim.port, "client_id": CLIENT_ID}))
+            lock_path(state, "127.0.0.1", sim.port, CLIENT_ID).write_text(
+                json.dumps(
+                    {
+                        "manager_pid": dead_pid(),
+                        "worker_pid": w.pid,
+                        "worker_create_time": psutil.Process(w.pid).create_time(),
+                        "host": "127.0.0.1",
+                        "port": sim.port,
+                        "client_id": CLIENT_ID,
+                    }
+                )
+            )
 
             proc = doctor(sim.port, state)
             assert proc.returncode == 1, proc.stdout + proc.stderr
@@ -183,10 +206,16 @@ def test_gateway_side_close_wait_needs_attention(tmp_path: Path) -> None:
         with conn:
             client.close()  # FIN to the "Gateway", which never closes its side
             me = os.getpid()
-            wait_until(lambda: any(c.status == "CLOSE_WAIT" and c.laddr.port == port
-                                   for c in psutil.Process(me).net_connections(kind="tcp")),
-                       10, "the server side to reach CLOSE_WAIT")
+            wait_until(
+                lambda: any(
+                    c.status == "CLOSE_WAIT" and c.laddr.port == port
+                    for c in psutil.Process(me).net_connections(kind="tcp")
+                ),
+                10,
+                "the server side to reach CLOSE_WAIT",
+            )
             proc = doctor(port, tmp_path / "state")
     assert proc.returncode == 1, proc.stdout
-    assert any(ln.startswith("FIX") and "Gateway-side CLOSE_WAIT" in ln
-               for ln in proc.stdout.splitlines()), proc.stdout
+    assert any(ln.startswith("FIX") and "Gateway-side CLOSE_WAIT" in ln for ln in proc.stdout.splitlines()), (
+        proc.stdout
+    )

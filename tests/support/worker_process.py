@@ -17,19 +17,33 @@ from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 from worker.protocol import (
-    Event, EventName, ProtocolError, Request, Response, decode_incoming, encode, request,
+    Event,
+    EventName,
+    ProtocolError,
+    Request,
+    Response,
+    decode_incoming,
+    encode,
+    request,
 )
 
 
 class WorkerProcess:
     """Spawn a worker, send lines, receive parsed responses/events with deadlines."""
 
-    def __init__(self, argv: Sequence[str] | None = None, *, label: str = "test",
-                 env: dict[str, str] | None = None, stdin: Any = subprocess.PIPE) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str] | None = None,
+        *,
+        label: str = "test",
+        env: dict[str, str] | None = None,
+        stdin: Any = subprocess.PIPE,
+    ) -> None:
         self.argv = list(argv or [sys.executable, "-m", "worker", "--label", label])
         self.started = time.perf_counter()
-        self.proc = subprocess.Popen(self.argv, stdin=stdin, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, env=env)
+        self.proc = subprocess.Popen(
+            self.argv, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+        )
         self._incoming: queue.Queue[Response | Event | ProtocolError | None] = queue.Queue()
         self.events: list[Event] = []
         self.raw_lines: list[bytes] = []
@@ -37,7 +51,7 @@ class WorkerProcess:
         self._ids = itertools.count(1)
         self._pending: dict[int, Response] = {}
         self.ready: Event | None = None
-        self.ready_after: float | None = None      # seconds from spawn to `ready`
+        self.ready_after: float | None = None  # seconds from spawn to `ready`
         self._threads = [
             threading.Thread(target=self._read_stdout, args=(self.proc.stdout,), daemon=True),
             threading.Thread(target=self._read_stderr, args=(self.proc.stderr,), daemon=True),
@@ -86,8 +100,9 @@ class WorkerProcess:
         try:
             msg = self._incoming.get(timeout=timeout)
         except queue.Empty:
-            raise TimeoutError(f"no message from the worker within {timeout} s; stderr:\n"
-                               + self.stderr_text()) from None
+            raise TimeoutError(
+                f"no message from the worker within {timeout} s; stderr:\n" + self.stderr_text()
+            ) from None
         if msg is None:
             self._incoming.put(None)
             raise EOFError("worker stdout closed")

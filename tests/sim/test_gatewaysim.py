@@ -18,8 +18,7 @@ import anyio
 import anyio.abc
 import pytest
 
-from gatewaysim import Faults, GatewaySim
-from gatewaysim import wire
+from gatewaysim import Faults, GatewaySim, wire
 
 pytestmark = pytest.mark.anyio
 
@@ -35,7 +34,7 @@ class RawClient:
         self.pending: list[list[str]] = []
 
     @classmethod
-    async def connect(cls, port: int) -> "RawClient":
+    async def connect(cls, port: int) -> RawClient:
         return cls(await anyio.connect_tcp("127.0.0.1", port))
 
     async def send(self, data: bytes) -> None:
@@ -127,8 +126,7 @@ async def test_errors_use_the_negotiated_layout(anyio_backend: str) -> None:
         assert [len(m) for m in msgs if m[0] == "4"] == [5, 5, 5]
 
 
-async def test_duplicate_client_id_gets_326_and_the_first_keeps_working(
-        anyio_backend: str) -> None:
+async def test_duplicate_client_id_gets_326_and_the_first_keeps_working(anyio_backend: str) -> None:
     async with GatewaySim() as sim:
         first = await RawClient.connect(sim.port)
         await first.handshake(client_id=7)
@@ -349,9 +347,22 @@ def test_loopback_only() -> None:
 
 def test_cli_runs_prints_and_stops_on_ctrl_c() -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gatewaysim", "--port", "0", "--fault", "red_on_fast_close=0.5",
-         "--accounts", "DU1,DU2"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "gatewaysim",
+            "--port",
+            "0",
+            "--fault",
+            "red_on_fast_close=0.5",
+            "--accounts",
+            "DU1,DU2",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     guard = threading.Timer(20, proc.kill)  # a hung child must fail the test, not hang it
     guard.start()
     try:
@@ -371,19 +382,21 @@ def test_cli_runs_prints_and_stops_on_ctrl_c() -> None:
             proc.kill()
             proc.wait()
 
-    bad = subprocess.run([sys.executable, "-m", "gatewaysim", "--fault", "nonsense"],
-                         capture_output=True, text=True, timeout=10)
+    bad = subprocess.run(
+        [sys.executable, "-m", "gatewaysim", "--fault", "nonsense"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
     assert bad.returncode == 2 and "unknown fault" in bad.stderr
 
 
 def test_running_in_thread_reports_bad_arguments_and_busy_ports() -> None:
     from gatewaysim import running_in_thread
 
-    with pytest.raises(ValueError, match="loopback"):
-        with running_in_thread(host="10.1.2.3"):
-            pass
+    with pytest.raises(ValueError, match="loopback"), running_in_thread(host="10.1.2.3"):
+        pass
     with running_in_thread() as first:
-        with pytest.raises(OSError):
-            with running_in_thread(port=first.port):
-                pass
+        with pytest.raises(OSError), running_in_thread(port=first.port):
+            pass
         assert first.snapshot()["listening"]

@@ -13,7 +13,6 @@ from typing import Any
 import anyio
 import anyio.abc
 import psutil
-import pytest
 
 from fsm.core import State
 from fsm.manager import ConnectionManager
@@ -26,45 +25,28 @@ FAST_CLOSE_WINDOW = 0.25  # the sim's red_on_fast_close window; settings.min_ses
 RECOVERIES: list[tuple[str, str, float]] = []  # (test, what, seconds), printed at the end
 
 
-@pytest.fixture(scope="module", autouse=False)
-def report_recoveries(request: pytest.FixtureRequest):
-    """Print the recovery times measured by a module's tests at its end."""
-    start = len(RECOVERIES)
-    yield
-    tr = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    rows = RECOVERIES[start:]
-    if tr is None or capture is None or not rows:
-        return
-    with capture.global_and_fixture_disabled():
-        tr.write_line("")
-        tr.write_line(f"recovery times ({request.module.__name__}):")
-        for name, what, secs in rows:
-            tr.write_line(f"  {secs:7.3f} s  {what:<42} {name}")
-
-
 def fast_settings(state_dir: Path, port: int, client_id: int = 7, **overrides: Any) -> Settings:
     """Short timers so faults recover in about a second; handshake stays at the 30 s floor.
 
     The default min_session (0.4 s) is longer than FAST_CLOSE_WINDOW: a manager that kept its
     own rule can never turn the simulator RED."""
-    values: dict[str, Any] = dict(
-        port=port,
-        client_id=client_id,
-        probe_interval=0.4,
-        probe_timeout=0.3,
-        backoff_initial=0.2,
-        backoff_multiplier=1.6,
-        backoff_jitter=0.2,
-        backoff_max=1.0,
-        stable_period=3.0,
-        min_session=0.4,
-        retire_grace=0.4,
-        kill_grace=0.4,
-        spawn_timeout=15.0,
-        request_timeout=5.0,
-        state_dir=state_dir,
-    )
+    values: dict[str, Any] = {
+        "port": port,
+        "client_id": client_id,
+        "probe_interval": 0.4,
+        "probe_timeout": 0.3,
+        "backoff_initial": 0.2,
+        "backoff_multiplier": 1.6,
+        "backoff_jitter": 0.2,
+        "backoff_max": 1.0,
+        "stable_period": 3.0,
+        "min_session": 0.4,
+        "retire_grace": 0.4,
+        "kill_grace": 0.4,
+        "spawn_timeout": 15.0,
+        "request_timeout": 5.0,
+        "state_dir": state_dir,
+    }
     values.update(overrides)
     return Settings(**values)
 
@@ -91,11 +73,15 @@ def record(name: str, what: str, start_ns: int, end_ns: int) -> float:
     return seconds
 
 
-async def await_recovery(m: ConnectionManager, name: str, what: str, start_ns: int,
-                         timeout: float = 20.0) -> float:
+async def await_recovery(
+    m: ConnectionManager, name: str, what: str, start_ns: int, timeout: float = 20.0
+) -> float:
     """Wait until CONNECTED again after a fault injected at start_ns; record how long it took."""
-    await poll_until(lambda: any(t.dest == State.CONNECTED and t.at_ns >= start_ns
-                                 for t in m.history), timeout, f"recovery from {what}")
+    await poll_until(
+        lambda: any(t.dest == State.CONNECTED and t.at_ns >= start_ns for t in m.history),
+        timeout,
+        f"recovery from {what}",
+    )
     await m.wait_connected(timeout)
     return record(name, what, start_ns, connected_at_ns(m, start_ns))
 
@@ -128,17 +114,16 @@ async def assert_session_invariants(m: ConnectionManager, sim: GatewaySim, clien
     await m.wait_connected(20)
     assert m.state == State.CONNECTED
     assert m.client_id == client_id
-    await sim.wait_until(
-        lambda s: [x.client_id for x in s.sessions if x.handshaken] == [client_id], 10
-    )
+    await sim.wait_until(lambda s: [x.client_id for x in s.sessions if x.handshaken] == [client_id], 10)
     (session,) = [x for x in sim.sessions if x.handshaken]
     await poll_until(lambda: session.pid() is not None, 5, "sim knows the session's pid")
     assert session.pid() == m.worker_pid
     assert sim.client_ids_seen == {client_id}
 
 
-async def assert_clean_exit(m: ConnectionManager, sim: GatewaySim | None,
-                            *, fast_close_expected: bool = False) -> None:
+async def assert_clean_exit(
+    m: ConnectionManager, sim: GatewaySim | None, *, fast_close_expected: bool = False
+) -> None:
     """After shutdown: IDLE, no worker left, lock released, status stopped; the sim saw no
     close by a live process (no disconnect) and, unless told otherwise, no fast close."""
     s = m.settings
@@ -179,11 +164,15 @@ async def _read_line(proc: anyio.abc.Process) -> bytes:
     return buf
 
 
-async def stale_worker_connect(proc: anyio.abc.Process, host: str, port: int,
-                               client_id: int) -> dict[str, Any]:
+async def stale_worker_connect(
+    proc: anyio.abc.Process, host: str, port: int, client_id: int
+) -> dict[str, Any]:
     assert proc.stdin is not None
-    msg = {"id": 1, "command": "connect",
-           "params": {"host": host, "port": port, "client_id": client_id, "timeout": 30}}
+    msg = {
+        "id": 1,
+        "command": "connect",
+        "params": {"host": host, "port": port, "client_id": client_id, "timeout": 30},
+    }
     await proc.stdin.send(json.dumps(msg).encode() + b"\n")
     while True:
         out = json.loads(await _read_line(proc))
@@ -191,16 +180,22 @@ async def stale_worker_connect(proc: anyio.abc.Process, host: str, port: int,
             return out
 
 
-def write_dead_manager_lock(state_dir: Path, host: str, port: int, client_id: int,
-                            worker_pid: int) -> Path:
+def write_dead_manager_lock(state_dir: Path, host: str, port: int, client_id: int, worker_pid: int) -> Path:
     """The lock file exactly as a manager killed with SIGKILL leaves it (no flock held)."""
     dead = psutil.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     path = lock_path(state_dir, host, port, client_id)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({
-        "manager_pid": dead.pid, "worker_pid": worker_pid,
-        "worker_create_time": psutil.Process(worker_pid).create_time(),
-        "host": host, "port": port, "client_id": client_id,
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "manager_pid": dead.pid,
+                "worker_pid": worker_pid,
+                "worker_create_time": psutil.Process(worker_pid).create_time(),
+                "host": host,
+                "port": port,
+                "client_id": client_id,
+            }
+        )
+    )
     return path

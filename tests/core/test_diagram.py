@@ -17,8 +17,13 @@ FRESH_README = "# x\n\nintro\n\n<!-- fsm:begin -->\nold\n<!-- fsm:end -->\n\ntai
 def test_render_is_deterministic_across_processes() -> None:
     code = "from fsm.diagram import render; import sys; sys.stdout.write(''.join(render().values()))"
     outs = {
-        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                       env={**os.environ, "PYTHONHASHSEED": seed}).stdout
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout
         for seed in ("0", "1")
     }
     assert len(outs) == 1 and outs == {"".join(diagram.render().values())}
@@ -44,12 +49,15 @@ def test_edges_and_guards_match_the_table() -> None:
         for src in e.source if isinstance(e.source, tuple) else (e.source,):
             expected.add((src.value, e.event, (e.dest or src).value))
             if e.guards:
-                assert f"{e.event}" in source and " & ".join(
-                    g for g in e.guards if not g.startswith("!")) in source
+                assert (
+                    f"{e.event}" in source
+                    and " & ".join(g for g in e.guards if not g.startswith("!")) in source
+                )
     assert drawn == expected
     assert "[*] --> IDLE" in source
-    assert {f'state "{s.value}" as {s.value}' for s in State} <= set(
-        line.strip() for line in source.splitlines())
+    assert {f'state "{s.value}" as {s.value}' for s in State} <= {
+        line.strip() for line in source.splitlines()
+    }
 
 
 def test_page_embeds_source_and_legend() -> None:

@@ -27,16 +27,20 @@ STEPS = (
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_demo_plain_plays_every_step_with_no_disconnect_and_one_client_id(backend: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("IBKR_", "IBGW_"))}
-    proc = subprocess.run([sys.executable, "-m", "fsm.cli", "demo", "--plain", "--backend", backend],
-                          env=env, capture_output=True, text=True, timeout=180,
-                          stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fsm.cli", "demo", "--plain", "--backend", backend],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        stdin=subprocess.DEVNULL,
+    )
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr
     for n, title in enumerate(STEPS, 1):
         assert f"== step {n}/7 {title}: ok" in out, title
     # each fault shows up in the manager's own history, with its reason
-    for reason in ("probe_failed", "peer_closed", "worker_exited", "client_id_in_use",
-                   "connectivity_lost"):
+    for reason in ("probe_failed", "peer_closed", "worker_exited", "client_id_in_use", "connectivity_lost"):
         assert re.search(rf"--> DEGRADED_RED\s+\({reason}\)", out), reason
     assert "notice zombie_reaped" in out
     assert "gateway: 326" in out
@@ -70,6 +74,7 @@ def test_a_step_that_misses_its_deadline_fails_the_demo_and_leaves_nothing_behin
     assert re.search(r"7\. clean shutdown\s+skipped", out)
     assert "verdict: FAILED" in out
     assert re.search(r"#1\s+\S+\s+shutdown\s+IDLE", out)  # shut down all the same
+
     def running(p: psutil.Process) -> bool:
         try:
             return p.status() != psutil.STATUS_ZOMBIE

@@ -29,10 +29,8 @@ def test_server_hello_is_two_nul_terminated_fields() -> None:
 
 def test_error_field_count_follows_version() -> None:
     # at >= 166 the 6th field (advancedOrderRejectJson) must be there, even if empty
-    assert wire.decode_fields(wire.error_msg(178, -1, 2104, "ok")[4:]) == [
-        "4", "2", "-1", "2104", "ok", ""]
-    assert wire.decode_fields(wire.error_msg(165, -1, 2104, "ok")[4:]) == [
-        "4", "2", "-1", "2104", "ok"]
+    assert wire.decode_fields(wire.error_msg(178, -1, 2104, "ok")[4:]) == ["4", "2", "-1", "2104", "ok", ""]
+    assert wire.decode_fields(wire.error_msg(165, -1, 2104, "ok")[4:]) == ["4", "2", "-1", "2104", "ok"]
 
 
 def test_error_text_must_be_ascii() -> None:
@@ -43,8 +41,7 @@ def test_error_text_must_be_ascii() -> None:
 def test_startup_messages_have_exact_field_counts() -> None:
     # ib_async unpacks 9 and 15 as exactly 3 fields, 61 as exactly 16
     assert wire.next_valid_id(1)[4:].split(b"\0")[:-1] == [b"9", b"1", b"1"]
-    assert wire.managed_accounts(["DU1", "DU2"])[4:].split(b"\0")[:-1] == [b"15", b"1",
-                                                                          b"DU1,DU2"]
+    assert wire.managed_accounts(["DU1", "DU2"])[4:].split(b"\0")[:-1] == [b"15", b"1", b"DU1,DU2"]
     pos = wire.position("DU1", wire.Instrument(265598, "AAPL"), 100.0, 150.25)
     assert len(pos[4:].split(b"\0")[:-1]) == 16
     assert wire.completed_orders_end()[4:] == b"102\0"
@@ -60,11 +57,14 @@ def test_frame_refuses_empty_payload() -> None:
         wire.frame(b"")
 
 
-@pytest.mark.parametrize("text,expected", [
-    (b"v157..178", wire.Hello(157, 178, "")),
-    (b"v157..178 +PACEAPI", wire.Hello(157, 178, "+PACEAPI")),
-    (b"v176", wire.Hello(176, 176, "")),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        (b"v157..178", wire.Hello(157, 178, "")),
+        (b"v157..178 +PACEAPI", wire.Hello(157, 178, "+PACEAPI")),
+        (b"v176", wire.Hello(176, 176, "")),
+    ],
+)
 def test_parse_hello(text: bytes, expected: wire.Hello) -> None:
     assert wire.parse_hello(text) == expected
 
@@ -106,11 +106,20 @@ def test_decode_fields_rejects_non_utf8() -> None:
         wire.decode_fields(b"49\0\xff\xfe\0")
 
 
-@given(st.lists(st.lists(st.text(alphabet=st.characters(blacklist_characters="\0",
-                                                          blacklist_categories=("Cs",)),
-                                 max_size=20), min_size=1, max_size=6),
-                min_size=1, max_size=8),
-       st.integers(min_value=1, max_value=64))
+@given(
+    st.lists(
+        st.lists(
+            st.text(
+                alphabet=st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)), max_size=20
+            ),
+            min_size=1,
+            max_size=6,
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+    st.integers(min_value=1, max_value=64),
+)
 def test_frame_reader_round_trips_any_chunking(msgs: list[list[str]], chunk: int) -> None:
     stream = wire.HELLO_PREFIX + b"".join(wire.encode_msg(*m) for m in msgs)
     r = wire.FrameReader()
@@ -125,9 +134,13 @@ def test_faults_from_cli() -> None:
     f = Faults()
     f = f.with_cli("silent").with_cli("red_on_fast_close=0.5").with_cli("client_id_hold=inf")
     f = f.with_cli("stall_sync=executions").with_cli("handshake-delay=2")
-    assert f == Faults(red_on_fast_close=0.5, silent=True, handshake_delay=2.0,
-                       stall_sync="executions", client_id_hold=math.inf)
-    for bad in ("nope", "stall_sync=bogus", "handshake_delay=-1", "red_on_fast_close=x",
-                "client_id_hold"):
+    assert f == Faults(
+        red_on_fast_close=0.5,
+        silent=True,
+        handshake_delay=2.0,
+        stall_sync="executions",
+        client_id_hold=math.inf,
+    )
+    for bad in ("nope", "stall_sync=bogus", "handshake_delay=-1", "red_on_fast_close=x", "client_id_hold"):
         with pytest.raises(ValueError):
             f.with_cli(bad)

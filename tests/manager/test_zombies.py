@@ -52,20 +52,22 @@ def listener() -> Iterator[socket.socket]:
 
 def spawn_fake(port: int, label: str, *extra: str, connect: bool = True) -> subprocess.Popen:
     # The script reads its port from argv[1]; "-m worker --label X" are there for the check.
-    argv = [sys.executable, "-c", FAKE, str(port if connect else 0), "-m", "worker",
-            "--label", label, *extra]
+    argv = [sys.executable, "-c", FAKE, str(port if connect else 0), "-m", "worker", "--label", label, *extra]
     p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     assert p.stdout is not None and p.stdout.readline() == b"up\n"
     return p
 
 
-def record_for(p: subprocess.Popen, port: int, client_id: int = 7, *,
-               create_time: float | None = None) -> LockRecord:
+def record_for(
+    p: subprocess.Popen, port: int, client_id: int = 7, *, create_time: float | None = None
+) -> LockRecord:
     return LockRecord(
-        manager_pid=999_999_999, worker_pid=p.pid,
-        worker_create_time=create_time if create_time is not None
-        else psutil.Process(p.pid).create_time(),
-        host=HOST, port=port, client_id=client_id,
+        manager_pid=999_999_999,
+        worker_pid=p.pid,
+        worker_create_time=create_time if create_time is not None else psutil.Process(p.pid).create_time(),
+        host=HOST,
+        port=port,
+        client_id=client_id,
     )
 
 
@@ -97,15 +99,22 @@ def test_second_manager_is_refused_with_a_clear_message(tmp_path: Path) -> None:
 
 def test_lock_records_worker_and_returns_what_a_dead_manager_left(tmp_path: Path) -> None:
     path = lock_path(tmp_path, HOST, 4002, 3)
-    left = LockRecord(manager_pid=999_999_999, worker_pid=1234, worker_create_time=1.5,
-                      host=HOST, port=4002, client_id=3)
+    left = LockRecord(
+        manager_pid=999_999_999, worker_pid=1234, worker_create_time=1.5, host=HOST, port=4002, client_id=3
+    )
     path.write_text(left.dumps())
     lock = WorkerLock(tmp_path, HOST, 4002, 3)
     assert lock.acquire() == left
     lock.record(worker_pid=42, worker_create_time=2.5)
     now = json.loads(path.read_text())
-    assert now == {"manager_pid": os.getpid(), "worker_pid": 42, "worker_create_time": 2.5,
-                   "host": HOST, "port": 4002, "client_id": 3}
+    assert now == {
+        "manager_pid": os.getpid(),
+        "worker_pid": 42,
+        "worker_create_time": 2.5,
+        "host": HOST,
+        "port": 4002,
+        "client_id": 3,
+    }
     lock.release()
     path.write_text("garbage{")
     lock = WorkerLock(tmp_path, HOST, 4002, 3)
@@ -119,8 +128,7 @@ def test_stale_worker_of_ours_is_ended(listener: socket.socket) -> None:
     try:
         rec = record_for(p, port)
         assert find_stale_worker(rec, host=HOST, port=port, client_id=7) is not None
-        assert reap_stale_worker(rec, host=HOST, port=port, client_id=7,
-                                 term_grace=5, kill_grace=5) == p.pid
+        assert reap_stale_worker(rec, host=HOST, port=port, client_id=7, term_grace=5, kill_grace=5) == p.pid
         assert finish(p) == -signal.SIGTERM
     finally:
         finish(p)
@@ -134,8 +142,10 @@ def test_a_young_stale_worker_is_ended_only_once_min_session_old(
     try:
         rec = record_for(p, port)
         born = psutil.Process(p.pid).create_time()
-        assert reap_stale_worker(rec, host=HOST, port=port, client_id=7,
-                                 term_grace=5, kill_grace=5, min_age=1.5) == p.pid
+        assert (
+            reap_stale_worker(rec, host=HOST, port=port, client_id=7, term_grace=5, kill_grace=5, min_age=1.5)
+            == p.pid
+        )
         assert finish(p) == -signal.SIGTERM
         # the process was ended after it was min_age old, never younger (no fast close)
         assert time.time() - born >= 1.5
@@ -160,13 +170,19 @@ def test_anything_unproven_is_left_alone(listener: socket.socket, why: str) -> N
 
 
 def test_own_pid_and_empty_records_are_never_touched() -> None:
-    me = LockRecord(manager_pid=1, worker_pid=os.getpid(),
-                    worker_create_time=psutil.Process().create_time(),
-                    host=HOST, port=4002, client_id=1)
+    me = LockRecord(
+        manager_pid=1,
+        worker_pid=os.getpid(),
+        worker_create_time=psutil.Process().create_time(),
+        host=HOST,
+        port=4002,
+        client_id=1,
+    )
     assert find_stale_worker(me, host=HOST, port=4002, client_id=1) is None
     assert find_stale_worker(None, host=HOST, port=4002, client_id=1) is None
-    none = LockRecord(manager_pid=1, worker_pid=None, worker_create_time=None,
-                      host=HOST, port=4002, client_id=1)
+    none = LockRecord(
+        manager_pid=1, worker_pid=None, worker_create_time=None, host=HOST, port=4002, client_id=1
+    )
     assert find_stale_worker(none, host=HOST, port=4002, client_id=1) is None
 
 

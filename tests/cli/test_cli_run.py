@@ -43,8 +43,9 @@ class Lines:
             try:
                 line = self._q.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
-                raise AssertionError(f"no matching line within {timeout} s; saw:\n"
-                                     + "".join(self.seen)) from None
+                raise AssertionError(
+                    f"no matching line within {timeout} s; saw:\n" + "".join(self.seen)
+                ) from None
             if line is None:
                 raise AssertionError("the process closed its output; saw:\n" + "".join(self.seen))
             self.seen.append(line)
@@ -68,8 +69,14 @@ def _env(state_dir: Path) -> dict[str, str]:
 
 
 def ibgw(*args: str, state_dir: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fsm.cli", *args], env=_env(state_dir),
-                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "fsm.cli", *args],
+        env=_env(state_dir),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 @pytest.fixture
@@ -82,10 +89,15 @@ class Run:
     """`ibgw run` against the simulator, as a child process."""
 
     def __init__(self, port: int, state_dir: Path, client_id: int = CLIENT_ID) -> None:
-        argv = [sys.executable, "-m", "fsm.cli", "run", "--port", str(port),
-                "--client-id", str(client_id)]
-        self.proc = subprocess.Popen(argv, env=_env(state_dir), stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        argv = [sys.executable, "-m", "fsm.cli", "run", "--port", str(port), "--client-id", str(client_id)]
+        self.proc = subprocess.Popen(
+            argv,
+            env=_env(state_dir),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         assert self.proc.stdout is not None and self.proc.stderr is not None
         self.out = Lines(self.proc.stdout)
         self.err = Lines(self.proc.stderr)
@@ -140,9 +152,7 @@ def test_run_connects_and_sigterm_retires_the_worker_with_one_session(
     assert close["pid"] == worker and close["peer_alive"] is False  # process exit, not disconnect
 
 
-def test_status_json_reflects_a_running_manager(
-    sim: ThreadedSim, tmp_path: Path, runs: list[Run]
-) -> None:
+def test_status_json_reflects_a_running_manager(sim: ThreadedSim, tmp_path: Path, runs: list[Run]) -> None:
     run = Run(sim.port, tmp_path)
     runs.append(run)
     run.wait_connected()

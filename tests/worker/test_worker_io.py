@@ -16,10 +16,16 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.worker_process import WorkerProcess
 
-from worker.client import WorkerProcess
 from worker.protocol import (
-    MAX_LINE_BYTES, PROTOCOL_VERSION, Code, Response, decode_incoming, encode, request,
+    MAX_LINE_BYTES,
+    PROTOCOL_VERSION,
+    Code,
+    Response,
+    decode_incoming,
+    encode,
+    request,
 )
 
 WORKER = [sys.executable, "-m", "worker"]
@@ -56,18 +62,25 @@ def test_ready_event() -> None:
 BAD_LINES = [
     # (line, expected code, expected id echoed)
     (b"this is not json", Code.INVALID_JSON, None),
-    (b"{\"id\": 1,", Code.INVALID_JSON, None),
+    (b'{"id": 1,', Code.INVALID_JSON, None),
     (b"\xff\xfe\x00garbage", Code.INVALID_JSON, None),
     (b"", Code.INVALID_JSON, None),
     (b"   \t ", Code.INVALID_JSON, None),
-    (b"[\"connect\"]", Code.BAD_REQUEST, None),
+    (b'["connect"]', Code.BAD_REQUEST, None),
     (b"42", Code.BAD_REQUEST, None),
     # the original bug, verbatim shape: params at the top level
-    (b'{"id": 11, "command": "connect", "host": "127.0.0.1", "port": 4002, "client_id": 1, '
-     b'"readonly": true, "timeout": 30.0}', Code.BAD_REQUEST, 11),
+    (
+        b'{"id": 11, "command": "connect", "host": "127.0.0.1", "port": 4002, "client_id": 1, '
+        b'"readonly": true, "timeout": 30.0}',
+        Code.BAD_REQUEST,
+        11,
+    ),
     (b'{"id": 12, "command": "connect", "params": {"host": "127.0.0.1"}}', Code.BAD_REQUEST, 12),
-    (b'{"id": 13, "command": "connect", "params": {"host": "127.0.0.1", "port": "4002", '
-     b'"client_id": 1}}', Code.BAD_REQUEST, 13),
+    (
+        b'{"id": 13, "command": "connect", "params": {"host": "127.0.0.1", "port": "4002", "client_id": 1}}',
+        Code.BAD_REQUEST,
+        13,
+    ),
     (b'{"id": 14, "command": "ping", "params": {"timeout": "soon"}}', Code.BAD_REQUEST, 14),
     (b'{"id": 15}', Code.BAD_REQUEST, 15),
     (b'{"id": 16, "command": "frobnicate", "params": {}}', Code.UNKNOWN_COMMAND, 16),
@@ -79,10 +92,12 @@ BAD_LINES = [
 ]
 
 
-@pytest.mark.parametrize(("line", "code", "rid"), BAD_LINES,
-                         ids=[f"{c}-{i}" for i, (_, c, _) in enumerate(BAD_LINES)])
+@pytest.mark.parametrize(
+    ("line", "code", "rid"), BAD_LINES, ids=[f"{c}-{i}" for i, (_, c, _) in enumerate(BAD_LINES)]
+)
 def test_bad_input_is_answered_and_worker_keeps_serving(
-        worker: WorkerProcess, line: bytes, code: str, rid: int | None) -> None:
+    worker: WorkerProcess, line: bytes, code: str, rid: int | None
+) -> None:
     worker.send_bytes(line + b"\n")
     resp = worker.recv_response()
     assert resp.status == "error" and resp.error is not None
@@ -92,8 +107,9 @@ def test_bad_input_is_answered_and_worker_keeps_serving(
 
 
 def test_top_level_params_message_names_the_keys(worker: WorkerProcess) -> None:
-    worker.send_bytes(b'{"id": 30, "command": "connect", "host": "127.0.0.1", "port": 4002, '
-                      b'"client_id": 888}\n')
+    worker.send_bytes(
+        b'{"id": 30, "command": "connect", "host": "127.0.0.1", "port": 4002, "client_id": 888}\n'
+    )
     resp = worker.recv_response()
     assert resp.error is not None and resp.id == 30
     assert "client_id, host, port" in resp.error.message and '"params"' in resp.error.message
@@ -112,7 +128,7 @@ def test_over_long_line_answered_at_once_rest_discarded(worker: WorkerProcess) -
     assert resp.error is not None and resp.error.code == Code.LINE_TOO_LONG and resp.id is None
     # the tail of that line (another 300 KiB, then its newline) is discarded silently
     worker.send_bytes(b"y" * 300_000 + b'"}\n')
-    assert_still_serving(worker)        # the very next response is the status: nothing in between
+    assert_still_serving(worker)  # the very next response is the status: nothing in between
     status = worker.call("status").data
     assert status is not None and status["requests_rejected"] >= 1
 
@@ -123,7 +139,7 @@ def test_line_of_exactly_the_limit_is_accepted(worker: WorkerProcess) -> None:
     assert len(line) == MAX_LINE_BYTES
     worker.send_bytes(line + b"\n")
     assert worker.wait_response(41).ok
-    worker.send_bytes(line[:-1] + b" }\n")          # one byte over
+    worker.send_bytes(line[:-1] + b" }\n")  # one byte over
     resp = worker.recv_response()
     assert resp.error is not None and resp.error.code == Code.LINE_TOO_LONG
     assert_still_serving(worker)
@@ -162,9 +178,10 @@ def test_stdin_regular_file_and_devnull(tmp_path: Path) -> None:
         out = subprocess.run(WORKER, stdin=f, capture_output=True, timeout=30)
     assert out.returncode == 0, out.stderr.decode()
     msgs = [decode_incoming(line) for line in out.stdout.splitlines()]
-    assert msgs[0].event == "ready"          # type: ignore[union-attr]
-    codes = sorted((m.id or 0, m.error.code if m.error else "ok")
-                   for m in msgs[1:] if isinstance(m, Response))
+    assert msgs[0].event == "ready"  # type: ignore[union-attr]
+    codes = sorted(
+        (m.id or 0, m.error.code if m.error else "ok") for m in msgs[1:] if isinstance(m, Response)
+    )
     assert codes == [(0, Code.INVALID_JSON), (1, "ok"), (2, Code.NOT_CONNECTED)]
     out = subprocess.run(WORKER, stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
     assert out.returncode == 0 and len(out.stdout.splitlines()) == 1
@@ -180,12 +197,15 @@ def test_eof_answers_what_was_read_then_exits_zero() -> None:
 
 
 def test_logs_go_to_stderr_only() -> None:
-    out = subprocess.run(WORKER, input=encode(request("connect", id=1, host="127.0.0.1", port=1,
-                                                      client_id=1)),
-                         capture_output=True, timeout=30)
+    out = subprocess.run(
+        WORKER,
+        input=encode(request("connect", id=1, host="127.0.0.1", port=1, client_id=1)),
+        capture_output=True,
+        timeout=30,
+    )
     for line in out.stdout.splitlines():
-        json.loads(line)                    # every stdout line is a protocol message
-    assert b"ib_async" in out.stderr        # ib_async's own logging went to stderr
+        json.loads(line)  # every stdout line is a protocol message
+    assert b"ib_async" in out.stderr  # ib_async's own logging went to stderr
 
 
 def test_guard_pins_the_version_and_counts_every_path() -> None:
@@ -212,15 +232,24 @@ def test_guard_pins_the_version_and_counts_every_path() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30)
     assert out.returncode == 0, out.stderr.decode()
     snap = json.loads(out.stdout)
-    assert snap == {"total": 5, "by_path": {"IB.disconnect": 1, "Client.disconnect": 1,
-                                            "Connection.disconnect": 1, "IB.__exit__": 1,
-                                            "IB.__del__": 1}}
+    assert snap == {
+        "total": 5,
+        "by_path": {
+            "IB.disconnect": 1,
+            "Client.disconnect": 1,
+            "Connection.disconnect": 1,
+            "IB.__exit__": 1,
+            "IB.__del__": 1,
+        },
+    }
 
 
 def test_wrong_ib_async_version_refuses_to_start() -> None:
     """The guard's pin: another ib_async version exits 3 with a clear message and no `ready`."""
-    code = ("import ib_async, runpy; ib_async.__version__ = '2.2.0'; "
-            "runpy.run_module('worker', run_name='__main__')")
+    code = (
+        "import ib_async, runpy; ib_async.__version__ = '2.2.0'; "
+        "runpy.run_module('worker', run_name='__main__')"
+    )
     out = subprocess.run([sys.executable, "-c", code], input=b"", capture_output=True, timeout=30)
     assert out.returncode == 3
     assert out.stdout == b""
@@ -230,21 +259,36 @@ def test_wrong_ib_async_version_refuses_to_start() -> None:
 # ---- Hypothesis: arbitrary lines into ONE long-lived worker
 
 COMMANDS = ["ping", "accounts", "positions", "account_summary", "status", "disconnect"]
-json_leaf = (st.none() | st.booleans() | st.integers(min_value=-2**70, max_value=2**70)
-             | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=10))
-json_values = st.recursive(json_leaf, lambda inner: st.lists(inner, max_size=3)
-                           | st.dictionaries(st.text(max_size=6), inner, max_size=3),
-                           max_leaves=10)
+json_leaf = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=10)
+)
+json_values = st.recursive(
+    json_leaf,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=10,
+)
 requests_like = st.fixed_dictionaries(
-    {}, optional={"id": json_values | st.integers(min_value=0, max_value=10**6),
-                  "command": st.sampled_from(COMMANDS) | st.text(max_size=10) | json_values,
-                  "params": st.dictionaries(
-                      st.sampled_from(["timeout", "account", "host", "x"]), json_values,
-                      max_size=3) | json_values,
-                  "host": st.text(max_size=5), "port": st.integers()})
-lines = (st.binary(max_size=300).map(lambda b: b.replace(b"\n", b" "))
-         | json_values.map(lambda v: json.dumps(v).encode())
-         | requests_like.map(lambda d: json.dumps(d).encode()))
+    {},
+    optional={
+        "id": json_values | st.integers(min_value=0, max_value=10**6),
+        "command": st.sampled_from(COMMANDS) | st.text(max_size=10) | json_values,
+        "params": st.dictionaries(
+            st.sampled_from(["timeout", "account", "host", "x"]), json_values, max_size=3
+        )
+        | json_values,
+        "host": st.text(max_size=5),
+        "port": st.integers(),
+    },
+)
+lines = (
+    st.binary(max_size=300).map(lambda b: b.replace(b"\n", b" "))
+    | json_values.map(lambda v: json.dumps(v).encode())
+    | requests_like.map(lambda d: json.dumps(d).encode())
+)
 
 
 @pytest.fixture(scope="module")
@@ -254,18 +298,20 @@ def fuzz_worker() -> Iterator[WorkerProcess]:
         yield w
 
 
-@settings(max_examples=150, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(batch=st.lists(lines, min_size=1, max_size=4))
-def test_fuzz_one_well_formed_response_per_line(fuzz_worker: WorkerProcess,
-                                                batch: list[bytes]) -> None:
+def test_fuzz_one_well_formed_response_per_line(fuzz_worker: WorkerProcess, batch: list[bytes]) -> None:
     w = fuzz_worker
     w.send_bytes(b"".join(line + b"\n" for line in batch))
-    got = [w.recv_response(timeout=10) for _ in batch]   # the client asserts each is well-formed
+    got = [w.recv_response(timeout=10) for _ in batch]  # the client asserts each is well-formed
     expected_ids = []
     for line in batch:
         try:
-            obj = json.loads(line.strip())      # the worker strips ASCII whitespace too
+            obj = json.loads(line.strip())  # the worker strips ASCII whitespace too
         except ValueError:
             obj = None
         rid = obj.get("id") if isinstance(obj, dict) else None
@@ -280,7 +326,7 @@ def test_fuzz_one_well_formed_response_per_line(fuzz_worker: WorkerProcess,
 def test_fuzzed_worker_is_alive_and_has_nothing_left_over(fuzz_worker: WorkerProcess) -> None:
     rid = fuzz_worker.submit("status")
     resp = fuzz_worker.recv_response()
-    assert resp.id == rid and resp.ok                 # no stray response was queued before it
+    assert resp.id == rid and resp.ok  # no stray response was queued before it
     assert fuzz_worker.proc.poll() is None
     fuzz_worker.close_stdin()
     assert fuzz_worker.wait_exit() == 0

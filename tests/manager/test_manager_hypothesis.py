@@ -15,26 +15,24 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-
-from fsm.core import State
-from fsm.manager import ConnectionManager
-from gatewaysim import Faults, GatewaySim
-from manager_support import (
+from support.manager import (
     FAST_CLOSE_WINDOW,
     assert_clean_exit,
     assert_session_invariants,
     await_recovery,
     fast_settings,
     poll_until,
-    report_recoveries,  # noqa: F401 - module fixture
     session_older_than_window,
 )
+
+from fsm.core import State
+from fsm.manager import ConnectionManager
+from gatewaysim import Faults, GatewaySim
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("report_recoveries")]
 
 CID = 11
-FAULTS = ["sigkill", "sigstop", "drop_all", "down_for", "lost_1102", "lost_1101", "id_hold",
-          "farm_flap"]
+FAULTS = ["sigkill", "sigstop", "drop_all", "down_for", "lost_1102", "lost_1101", "id_hold", "farm_flap"]
 
 
 async def inject(fault: str, m: ConnectionManager, sim: GatewaySim) -> None:
@@ -62,8 +60,13 @@ async def inject(fault: str, m: ConnectionManager, sim: GatewaySim) -> None:
         raise AssertionError(fault)
 
 
-@settings(max_examples=3, deadline=None, database=None, phases=[Phase.generate],
-          suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=3,
+    deadline=None,
+    database=None,
+    phases=[Phase.generate],
+    suppress_health_check=list(HealthCheck),
+)
 @given(faults=st.lists(st.sampled_from(FAULTS), min_size=2, max_size=3))
 async def test_random_fault_sequences_always_recover(anyio_backend: str, faults: list[str]) -> None:
     with tempfile.TemporaryDirectory() as state_dir:
@@ -78,12 +81,17 @@ async def test_random_fault_sequences_always_recover(anyio_backend: str, faults:
                         await m.wait_connected(10)  # the session is kept: no new worker
                         assert m.metrics()["workers_spawned"] == spawned
                     else:
-                        await poll_until(lambda: m.metrics()["workers_spawned"] > spawned, 20,
-                                         f"a new worker after {fault}")
-                        await await_recovery(m, f"{anyio_backend} {'+'.join(faults)}",
-                                             f"random: {fault} -> CONNECTED", t0)
+                        await poll_until(
+                            lambda: m.metrics()["workers_spawned"] > spawned,
+                            20,
+                            f"a new worker after {fault}",
+                        )
+                        await await_recovery(
+                            m, f"{anyio_backend} {'+'.join(faults)}", f"random: {fault} -> CONNECTED", t0
+                        )
                         sim.client_id_hold(None)
                 await assert_session_invariants(m, sim, CID)
                 assert m.metrics()["sessions"] == 1 + sum(
-                    f not in ("lost_1102", "lost_1101", "farm_flap") for f in faults)
+                    f not in ("lost_1102", "lost_1101", "farm_flap") for f in faults
+                )
             await assert_clean_exit(m, sim)

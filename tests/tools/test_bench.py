@@ -16,7 +16,7 @@ from bench.figures import FIGURES
 from bench.report import README_BEGIN, README_END
 from bench.stats import abba_order, interleave, percentile, summarize
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 MEASURED = {"PASS", "MISS", "info"}  # a whole run measures every figure: no n/a, no error
 
 
@@ -26,7 +26,10 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Comp
     out = tmp_path_factory.mktemp("bench") / "bench.json"
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--json", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, f"bench crashed (rc {proc.returncode}):\n{proc.stderr[-4000:]}"
     return proc, json.loads(out.read_text())
@@ -90,14 +93,25 @@ def test_update_readme_rewrites_only_the_block(quick_run, tmp_path: Path) -> Non
     before, after = "# title\n\nintro text\n", "\n## later\n\nmore text\n"
     readme.write_text(f"{before}{README_BEGIN}\nold table\n{README_END}{after}")
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--from-json", str(saved), "--update-readme",
-         "--readme", str(readme)],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--from-json",
+            str(saved),
+            "--update-readme",
+            "--readme",
+            str(readme),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     text = readme.read_text()
     assert text.startswith(before + README_BEGIN) and text.endswith(README_END + after)
-    block = text[len(before) + len(README_BEGIN): -len(README_END + after)]
+    block = text[len(before) + len(README_BEGIN) : -len(README_END + after)]
     assert "old table" not in block
     assert f"on {doc['meta']['cores']} cores" in block
     assert "| figure [unit] |" in block
@@ -110,9 +124,20 @@ def test_update_readme_without_markers_leaves_the_file_alone(quick_run, tmp_path
     readme = tmp_path / "README.md"
     readme.write_text("# no markers here\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--from-json", str(saved), "--update-readme",
-         "--readme", str(readme)],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--from-json",
+            str(saved),
+            "--update-readme",
+            "--readme",
+            str(readme),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     assert readme.read_text() == "# no markers here\n"

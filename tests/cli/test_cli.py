@@ -83,7 +83,11 @@ BAD_ENV = [
 @pytest.mark.parametrize(("var", "value"), BAD_ENV, ids=[f"{k}={v}" for k, v in BAD_ENV])
 @pytest.mark.parametrize("command", ["run", "doctor", "status"])
 def test_bad_env_value_is_one_line_naming_the_variable_and_exit_2(
-    var: str, value: str, command: str, clean_env: Path, monkeypatch: pytest.MonkeyPatch,
+    var: str,
+    value: str,
+    command: str,
+    clean_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setenv(var, value)
@@ -106,8 +110,14 @@ def test_a_flag_replaces_a_bad_env_value_instead_of_failing(
 
 def test_bad_flag_through_the_real_console_entry(clean_env: Path) -> None:
     env = dict(os.environ, IBKR_TIMEOUT="12")
-    proc = subprocess.run([sys.executable, "-m", "fsm.cli", "run"], env=env, capture_output=True,
-                          text=True, timeout=60, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fsm.cli", "run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert len(proc.stderr.strip().splitlines()) == 1
@@ -166,13 +176,18 @@ def test_sim_serves_from_a_shell_and_stops_on_sigterm(clean_env: Path) -> None:
     import signal
     import threading
 
-    proc = subprocess.Popen([sys.executable, "-m", "fsm.cli", "sim", "--port", "0", "--fault", "silent"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fsm.cli", "sim", "--port", "0", "--fault", "silent"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lines: queue.Queue[str] = queue.Queue()
     assert proc.stdout is not None
-    threading.Thread(target=lambda: [lines.put(x) for x in iter(proc.stdout.readline, "")],
-                     daemon=True).start()
+    threading.Thread(
+        target=lambda: [lines.put(x) for x in iter(proc.stdout.readline, "")], daemon=True
+    ).start()
     try:
         seen = ""
         while "listening" not in seen:

@@ -15,9 +15,7 @@ from typing import Any
 import pytest
 from ib_async import IB, Forex
 
-from gatewaysim import wire
-
-from gatewaysim import Faults, GatewaySim, running_in_thread
+from gatewaysim import Faults, GatewaySim, running_in_thread, wire
 
 pytestmark = pytest.mark.anyio
 asyncio_only = pytest.mark.parametrize("anyio_backend", ["asyncio"])
@@ -86,12 +84,15 @@ async def test_requests_return_the_sims_data(anyio_backend: str) -> None:
         assert abs(now.timestamp() - time.time()) < 5
         positions = await ib.reqPositionsAsync()
         assert {(p.account, p.contract.symbol, p.position, p.avgCost) for p in positions} == {
-            ("DU1234567", "AAPL", 100.0, 150.25), ("DU1234567", "MSFT", 50.0, 310.10)}
+            ("DU1234567", "AAPL", 100.0, 150.25),
+            ("DU1234567", "MSFT", 50.0, 310.10),
+        }
         summary = {v.tag: v.value for v in await ib.accountSummaryAsync()}
         assert summary["NetLiquidation"] == "100000.00"
         assert summary["AccountType"] == "INDIVIDUAL"
         bars = await ib.reqHistoricalDataAsync(  # what ib_async's Watchdog probes with
-            Forex("EURUSD"), "", "30 S", "5 secs", "MIDPOINT", False)
+            Forex("EURUSD"), "", "30 S", "5 secs", "MIDPOINT", False
+        )
         assert len(bars) == 6
         assert sim.counters.requests_served >= 10
 
@@ -196,6 +197,7 @@ async def test_older_server_version_still_delivers_errors(anyio_backend: str) ->
 
 def test_sim_serves_from_trio_in_a_thread() -> None:
     with running_in_thread(backend="trio", accounts=("DU9",)) as sim:
+
         async def client() -> None:
             ib = new_ib()
             await ib.connectAsync("127.0.0.1", sim.port, clientId=4, timeout=T)

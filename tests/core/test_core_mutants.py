@@ -12,10 +12,10 @@ import random
 import pytest
 from hypothesis import Phase, settings
 from hypothesis.stateful import run_state_machine_as_test
+from test_core_properties import PROPERTY_SETTINGS, CoreMachine
 
 from fsm.core import CONNECTED, IDLE, TABLE, ConnectionCore, Edge
 from fsm.settings import Settings
-from test_core_properties import PROPERTY_SETTINGS, CoreMachine
 
 S = 1_000_000_000
 
@@ -46,7 +46,7 @@ class NewClientIdOnRetry(ConnectionCore):
 class DisconnectEdge(ConnectionCore):
     """Has a `disconnect` edge CONNECTED -> IDLE."""
 
-    _table = TABLE + (Edge(CONNECTED, "disconnect", IDLE),)
+    _table = (*TABLE, Edge(CONNECTED, "disconnect", IDLE))
 
 
 MUTANTS = {

@@ -11,8 +11,16 @@ import pytest
 
 from fsm import core as core_module
 from fsm.core import (
-    TABLE, ConnectionCore, NotifyDataLost, ReapZombies, Reason, RetireWorker, SendConnect,
-    SendProbe, SpawnWorker, State,
+    TABLE,
+    ConnectionCore,
+    NotifyDataLost,
+    ReapZombies,
+    Reason,
+    RetireWorker,
+    SendConnect,
+    SendProbe,
+    SpawnWorker,
+    State,
 )
 from fsm.errors import InvalidEvent
 from fsm.settings import Settings
@@ -58,8 +66,13 @@ def test_happy_path_actions() -> None:
     m = c.metrics(13 * S)
     assert m["state"] == "CONNECTED" and m["worker_pid"] == 42 and m["sessions"] == 1
     assert m["last_handshake_latency_ns"] == S
-    assert m["time_in_state_ns"] == {"IDLE": 0, "SPAWNING": S, "HANDSHAKING": S,
-                                     "CONNECTED": 11 * S, "DEGRADED_RED": 0}
+    assert m["time_in_state_ns"] == {
+        "IDLE": 0,
+        "SPAWNING": S,
+        "HANDSHAKING": S,
+        "CONNECTED": 11 * S,
+        "DEGRADED_RED": 0,
+    }
 
 
 def test_handshake_deadline_is_exactly_entry_plus_timeout() -> None:
@@ -225,11 +238,20 @@ def test_late_probe_ok_revives_and_late_worker_ready_handshakes() -> None:
 
 
 def test_shutdown_from_every_state_and_idle_noop() -> None:
-    for prefix in ([], ["start"], ["start", "ready"], ["start", "ready", "ok"],
-                   ["start", "ready", "ok", "lost"]):
+    for prefix in (
+        [],
+        ["start"],
+        ["start", "ready"],
+        ["start", "ready", "ok"],
+        ["start", "ready", "ok", "lost"],
+    ):
         c = new()
-        steps = {"start": lambda: c.start(0), "ready": lambda: c.worker_ready(0, pid=1),
-                 "ok": lambda: c.handshake_ok(0), "lost": lambda: c.session_lost(0)}
+        steps = {
+            "start": lambda: c.start(0),
+            "ready": lambda: c.worker_ready(0, pid=1),
+            "ok": lambda: c.handshake_ok(0),
+            "lost": lambda: c.session_lost(0),
+        }
         for p in prefix:
             steps[p]()
         out = c.shutdown(1)
