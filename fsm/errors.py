@@ -57,3 +57,8 @@ class GatewayError(IbgwError):
 
 class AlreadyRunning(IbgwError):
     """Another live manager holds the lock for this host/port/client id."""
+
+
+class CheckoutError(IbgwError):
+    """A repository tool (diagram, bench) found no ibgw-fsm checkout to write into, or one whose
+    code is not the code running."""
