@@ -62,3 +62,12 @@ class AlreadyRunning(IbgwError):
 class CheckoutError(IbgwError):
     """A repository tool (diagram, bench) found no ibgw-fsm checkout to write into, or one whose
     code is not the code running."""
+
+
+class ServeError(IbgwError):
+    """The health server cannot listen where it was asked to (bad address, port in use...)."""
+
+
+class RemoteBindRefused(ServeError):
+    """A non-loopback address was given without allow_remote=True: health and metrics stay
+    on this machine unless exposing them is asked for explicitly."""
