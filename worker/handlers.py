@@ -20,7 +20,7 @@ from typing import Any, Generic, TypeVar
 import ib_async
 from msgspec import Struct
 
-from worker import guard
+from worker import guard, ibapi
 from worker.protocol import (
     COMMAND_PARAMS,
     DEFAULT_REQUEST_TIMEOUT,
@@ -164,7 +164,7 @@ async def account_summary(ctx: Context, p: AccountParams) -> Result:
     ib = s.require_connected("account_summary")
 
     def start() -> Awaitable[None]:
-        req_id = ib.client.getReqId()
+        req_id = ibapi.next_req_id(ib)
         started.append(req_id)
         return _req_summary(ib, req_id)
 
@@ -172,8 +172,8 @@ async def account_summary(ctx: Context, p: AccountParams) -> Result:
     try:
         await s.call("account_summary", start, timeout)
     finally:
-        if started and ib.client.isConnected():
-            ib.client.cancelAccountSummary(started[0])
+        if started and ibapi.api_connected(ib):
+            ibapi.cancel_account_summary(ib, started[0])
     rows = [
         SummaryRow(account=v.account, tag=v.tag, value=v.value, currency=v.currency)
         for v in ib.wrapper.acctSummary.values()
@@ -196,8 +196,8 @@ SUMMARY_TAGS = (
 
 def _req_summary(ib: ib_async.IB, req_id: int) -> Awaitable[None]:
     """ib_async's reqAccountSummaryAsync, but with a req id we keep so we can cancel it."""
-    future = ib.wrapper.startReq(req_id)
-    ib.client.reqAccountSummary(req_id, "All", SUMMARY_TAGS)
+    future = ibapi.start_request(ib, req_id)
+    ibapi.req_account_summary(ib, req_id, "All", SUMMARY_TAGS)
     return future
 
 

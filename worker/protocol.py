@@ -151,11 +151,11 @@ class Params(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """Base of every command's params: unknown keys are errors, never silently ignored."""
 
 
-class NoParams(Params):
+class NoParams(Params, frozen=True):
     """Commands that take nothing (status, disconnect)."""
 
 
-class ConnectParams(Params):
+class ConnectParams(Params, frozen=True):
     """connect: timeout bounds the whole of ib_async's connectAsync, start-up sync included."""
 
     host: Annotated[str, Meta(min_length=1, max_length=255)]
@@ -165,13 +165,13 @@ class ConnectParams(Params):
     timeout: Timeout = 30.0
 
 
-class TimeoutParams(Params):
+class TimeoutParams(Params, frozen=True):
     """Requests with a round trip to the Gateway (ping); None = DEFAULT_REQUEST_TIMEOUT."""
 
     timeout: Timeout | None = None
 
 
-class AccountParams(TimeoutParams):
+class AccountParams(TimeoutParams, frozen=True):
     """positions / account_summary / accounts: optional account filter ("" = all)."""
 
     account: str = ""
@@ -310,9 +310,7 @@ def connect(params: ConnectParams, *, id: int | None = None) -> Request:
 
 
 def success(data: Mapping[str, Any] | Struct, *, id: int | None = None) -> Response:
-    if isinstance(data, Struct):
-        data = msgspec.to_builtins(data)
-    return Response(status="success", id=id, data=dict(data))
+    return Response(status="success", id=id, data=_as_dict(data))
 
 
 def failure(code: str, message: str, *, id: int | None = None, ib_code: int | None = None) -> Response:
@@ -320,9 +318,14 @@ def failure(code: str, message: str, *, id: int | None = None, ib_code: int | No
 
 
 def event(name: str, data: Mapping[str, Any] | Struct | None = None) -> Event:
+    return Event(event=name, data=_as_dict(data) if data is not None else {})
+
+
+def _as_dict(data: Mapping[str, Any] | Struct) -> dict[str, Any]:
     if isinstance(data, Struct):
-        data = msgspec.to_builtins(data)
-    return Event(event=name, data=dict(data or {}))
+        out: dict[str, Any] = msgspec.to_builtins(data)
+        return out
+    return dict(data)
 
 
 _encoder = msgspec.json.Encoder()
