@@ -1,4 +1,5 @@
-"""The generated diagram: deterministic, faithful to TABLE, and --check catches stale files."""
+"""The generated diagram: deterministic, faithful to TABLE, --check catches stale files, and the
+files are found in the checkout (the installed copy's behaviour is in tests/tools/test_packaging.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,10 @@ FRESH_README = "# x\n\nintro\n\n<!-- fsm:begin -->\nold\n<!-- fsm:end -->\n\ntai
 
 
 def test_render_is_deterministic_across_processes() -> None:
-    code = "from fsm.diagram import render; import sys; sys.stdout.write(''.join(render().values()))"
+    code = (
+        "from fsm.diagram import render, checkout; import sys; "
+        "sys.stdout.write(''.join(render(checkout()).values()))"
+    )
     outs = {
         subprocess.run(
             [sys.executable, "-c", code],
@@ -26,7 +30,7 @@ def test_render_is_deterministic_across_processes() -> None:
         ).stdout
         for seed in ("0", "1")
     }
-    assert len(outs) == 1 and outs == {"".join(diagram.render().values())}
+    assert len(outs) == 1 and outs == {"".join(diagram.render(diagram.checkout()).values())}
 
 
 def test_title_is_front_matter_mermaid_keeps() -> None:
@@ -73,10 +77,8 @@ def test_check_write_cycle_in_a_temporary_root(tmp_path: Path) -> None:
     (tmp_path / "README.md").write_text(FRESH_README)
     expected = {tmp_path / diagram.MMD, tmp_path / diagram.PAGE, tmp_path / "README.md"}
     assert set(diagram.check(tmp_path)) == expected
-    assert diagram.main(["--check", "--root", str(tmp_path)]) == 1
     assert set(diagram.write(tmp_path)) == expected
     assert diagram.check(tmp_path) == []
-    assert diagram.main(["--check", "--root", str(tmp_path)]) == 0
     readme = (tmp_path / "README.md").read_text()
     assert readme.startswith("# x\n\nintro\n\n<!-- fsm:begin -->\n```mermaid\n---\ntitle:")
     assert readme.endswith("```\n<!-- fsm:end -->\n\ntail\n")
@@ -93,15 +95,47 @@ def test_readme_without_markers_is_left_alone(tmp_path: Path) -> None:
     assert diagram.check(tmp_path) == []
 
 
-def test_cli_check_in_a_subprocess(tmp_path: Path) -> None:
-    run = [sys.executable, "-m", "fsm.diagram", "--root", str(tmp_path)]
-    stale = subprocess.run([*run, "--check"], capture_output=True, text=True)
-    assert stale.returncode == 1 and "stale:" in stale.stdout and "connection.mmd" in stale.stdout
-    assert subprocess.run(run, capture_output=True, text=True).returncode == 0
-    assert subprocess.run([*run, "--check"], capture_output=True, text=True).returncode == 0
+def _project(path: Path, name: str = "ibgw-fsm", diagrams: bool = True) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "pyproject.toml").write_text(f'[project]\nname = "{name}"\n')
+    if diagrams:
+        (path / "diagrams").mkdir()
+    return path
+
+
+def test_a_checkout_is_this_projects_pyproject_with_diagrams(tmp_path: Path) -> None:
+    assert diagram.is_checkout(_project(tmp_path / "ok"))
+    assert not diagram.is_checkout(_project(tmp_path / "other", name="bench"))
+    assert not diagram.is_checkout(_project(tmp_path / "no-diagrams", diagrams=False))
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "pyproject.toml").write_text("[project\n")
+    (tmp_path / "broken" / "diagrams").mkdir()
+    assert not diagram.is_checkout(tmp_path / "broken")
+    assert not diagram.is_checkout(tmp_path / "missing")
+
+
+def test_find_checkout_walks_up_from_each_start_in_order(tmp_path: Path) -> None:
+    outer = _project(tmp_path / "outer")
+    deep = outer / "fsm" / "cli"
+    deep.mkdir(parents=True)
+    inner = _project(outer / "vendored")
+    assert diagram.find_checkout(deep) == outer
+    assert diagram.find_checkout(inner / "x" / "..") == inner
+    assert diagram.find_checkout(tmp_path, deep) == outer  # tmp_path has none above it
+    assert diagram.find_checkout(inner, deep) == inner
+    assert diagram.find_checkout(tmp_path) is None
+
+
+def test_running_from_the_repository_finds_this_checkout(tmp_path: Path) -> None:
+    """Editable install or run in the repository: the package's own checkout, wherever the
+    current directory is."""
+    repo = Path(diagram.__file__).resolve().parents[1]
+    assert diagram.checkout() == repo
+    assert diagram.checkout(cwd=tmp_path) == repo
+    assert diagram.checkout(cwd=_project(tmp_path / "elsewhere")) == repo
 
 
 def test_committed_diagrams_are_fresh() -> None:
-    """The repository's own diagrams/ (and README block) match the table: run
-    `python -m fsm.diagram` after changing fsm/core.py."""
+    """The repository's own diagrams/ (and README block) match the table: run `ibgw diagram`
+    after changing fsm/core.py."""
     assert diagram.check() == []
