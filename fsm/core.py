@@ -317,7 +317,7 @@ class _Model:
 
     def within_handshake_deadline(self) -> bool:
         """now < HANDSHAKING entry + handshake_timeout."""
-        return self.now < self.handshake_deadline
+        return self.handshake_deadline is not None and self.now < self.handshake_deadline
 
     def handshake_deadline_passed(self) -> bool:
         """now >= HANDSHAKING entry + handshake_timeout."""
@@ -425,6 +425,8 @@ class _Model:
         if not self.alive:
             self._spawn()
         elif not self.retire_sent:
+            if self.prev_reason is None:
+                raise RuntimeError("internal: a live worker retired with no reason")
             self.out.append(RetireWorker(self.prev_reason))
             self.retire_sent = True
 
@@ -451,7 +453,10 @@ class _Model:
     def _enter_red(self) -> None:
         if self.source is not RED:
             self.red_episodes += 1
-        self.reason = reason = self.pending
+        reason = self.pending
+        if reason is None:
+            raise RuntimeError(f"internal: {self.event} entered DEGRADED_RED with no reason")
+        self.reason = reason
         self.red_by_reason[reason] += 1
         if reason is Reason.client_id_in_use:
             self.reap_pending = True
@@ -638,7 +643,8 @@ class ConnectionCore:
         m = self._m
         self._check_time(now)
         m.now = now
-        m.out = out = []
+        out: list[Action] = []
+        m.out = out
         self._fire_due(TIMERS)
         return out
 
@@ -648,7 +654,8 @@ class ConnectionCore:
         self._check_time(now)
         if event not in self._events:
             raise InvalidEvent(event, m.state.value, "not an event of this machine")
-        m.out = out = []
+        out: list[Action] = []
+        m.out = out
         if self._expiry_due(now):
             saved = self._save()
             m.now = now
@@ -720,7 +727,7 @@ class ConnectionCore:
                 raise RuntimeError(f"internal: {event} due but refused in {m.state}")
 
     def _may(self, event: str) -> bool:
-        return self._m.may_trigger(event)
+        return bool(self._m.may_trigger(event))  # type: ignore[attr-defined]  # bound by Machine
 
     def _invalid(self, event: str) -> InvalidEvent:
         m = self._m

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,8 +82,9 @@ class Settings:
             value = getattr(self, name)
             if type(value) is int:  # 30 means 30.0; bool is not a duration
                 object.__setattr__(self, name, float(value))
-        if isinstance(self.state_dir, str):
-            object.__setattr__(self, "state_dir", Path(self.state_dir))
+        state_dir: object = self.state_dir  # typed Path, but code may pass a str
+        if isinstance(state_dir, str):
+            object.__setattr__(self, "state_dir", Path(state_dir))
         for f in dataclasses.fields(self):
             _check(f.name, getattr(self, f.name), f.name)
         if self.backoff_max < self.backoff_initial:
@@ -177,18 +178,21 @@ def _check(name: str, value: Any, label: str, shown: Any = None) -> None:
         if value <= 0:
             raise SettingsError(f"{label}={shown!r} must be a positive number of seconds")
         return
-    ok = {
-        "host": lambda v: isinstance(v, str) and v != "" and not any(c.isspace() for c in v),
-        "port": lambda v: _is_int(v) and 1 <= v <= 65535,
-        "client_id": lambda v: _is_int(v) and 0 <= v <= 2**31 - 1,
-        "readonly": lambda v: isinstance(v, bool),
-        "warm_spare": lambda v: isinstance(v, bool),
-        "state_dir": lambda v: isinstance(v, Path) and str(v) != "",
-        "backoff_multiplier": lambda v: _is_number(v) and math.isfinite(v) and v >= 1,
-        "backoff_jitter": lambda v: _is_number(v) and 0 <= v < 1,
-    }[name](value)
+    ok = _VALID[name](value)
     if not ok:
         raise SettingsError(f"{label}={shown!r} {_PROBLEM[name]}")
+
+
+_VALID: dict[str, Callable[[Any], bool]] = {
+    "host": lambda v: isinstance(v, str) and v != "" and not any(c.isspace() for c in v),
+    "port": lambda v: _is_int(v) and 1 <= v <= 65535,
+    "client_id": lambda v: _is_int(v) and 0 <= v <= 2**31 - 1,
+    "readonly": lambda v: isinstance(v, bool),
+    "warm_spare": lambda v: isinstance(v, bool),
+    "state_dir": lambda v: isinstance(v, Path) and str(v) != "",
+    "backoff_multiplier": lambda v: _is_number(v) and math.isfinite(v) and v >= 1,
+    "backoff_jitter": lambda v: _is_number(v) and 0 <= v < 1,
+}
 
 
 def _is_int(v: Any) -> bool:
