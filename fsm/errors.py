@@ -34,6 +34,11 @@ class NotConnected(IbgwError):
     """A request needs a session and there is none (or none came within `wait`)."""
 
 
+class SessionLost(NotConnected):
+    """The Gateway session ended while the request was in flight (the Gateway closed it, or the
+    worker had lost it); the manager reconnects on its own. Caught by ``except NotConnected``."""
+
+
 class WorkerDied(IbgwError):
     """The worker process exited while the request was in flight."""
 
@@ -43,7 +48,13 @@ class RequestTimeout(IbgwError):
 
 
 class BadRequest(IbgwError):
-    """The worker rejected the request as malformed (wrong params, unknown command...)."""
+    """The request is malformed (wrong params or timeout, unknown command, text that cannot be
+    encoded...): refused before it is sent, or by the worker."""
+
+
+class ResponseTooLarge(IbgwError):
+    """The answer to this request exceeded the per-line bound of the worker protocol; that
+    request alone failed, the session goes on."""
 
 
 class GatewayError(IbgwError):
@@ -57,6 +68,15 @@ class GatewayError(IbgwError):
 
 class AlreadyRunning(IbgwError):
     """Another live manager holds the lock for this host/port/client id."""
+
+
+class UnknownHost(SettingsError):
+    """The Gateway host name does not resolve (or is not a valid name); nothing was started."""
+
+
+class UnsafeStateDir(SettingsError):
+    """The state directory is not provably ours: a symlink, not a directory, owned by another
+    user, or writable by group or others."""
 
 
 class CheckoutError(IbgwError):
