@@ -80,8 +80,19 @@ BAD_ENV = [
 ]
 
 
-@pytest.mark.parametrize(("var", "value"), BAD_ENV, ids=[f"{k}={v}" for k, v in BAD_ENV])
-@pytest.mark.parametrize("command", ["run", "doctor", "status"])
+# The variables each command reads: a bad value in one of them is the command's error.
+READS = {
+    "run": {"IBKR_HOST", "IBKR_PORT", "IBKR_CLIENT_ID", "IBKR_TIMEOUT", "IBKR_READONLY", "IBGW_STATE_DIR"},
+    "doctor": {"IBKR_PORT", "IBGW_STATE_DIR"},
+    "status": {"IBGW_STATE_DIR"},
+}
+READ_CASES = [(cmd, var, value) for cmd in READS for var, value in BAD_ENV if var in READS[cmd]]
+UNREAD_CASES = [(cmd, var, value) for cmd in READS for var, value in BAD_ENV if var not in READS[cmd]]
+
+
+@pytest.mark.parametrize(
+    ("command", "var", "value"), READ_CASES, ids=[f"{c}-{k}={v}" for c, k, v in READ_CASES]
+)
 def test_bad_env_value_is_one_line_naming_the_variable_and_exit_2(
     var: str,
     value: str,
@@ -96,6 +107,24 @@ def test_bad_env_value_is_one_line_naming_the_variable_and_exit_2(
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     assert var in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    ("command", "var", "value"), UNREAD_CASES, ids=[f"{c}-{k}={v}" for c, k, v in UNREAD_CASES]
+)
+def test_a_bad_variable_the_command_does_not_read_is_no_error(
+    var: str,
+    value: str,
+    command: str,
+    clean_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`IBKR_CLIENT_ID=x ibgw status` shows the status: status reads no client id."""
+    monkeypatch.setenv(var, value)
+    code, out, err = _run_main([command, "--json"], capsys)
+    assert code != 2 and err == "", err
+    assert json.loads(out)  # it ran and reported
 
 
 def test_a_flag_replaces_a_bad_env_value_instead_of_failing(

@@ -57,17 +57,17 @@ def test_demo_plain_plays_every_step_with_no_disconnect_and_one_client_id(backen
 
 
 def test_a_step_that_misses_its_deadline_fails_the_demo_and_leaves_nothing_behind(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Exit status 0 means every step ended as scripted: a missed deadline is exit 1, the rest
     of the day is skipped, and the manager still shuts down (no worker left running)."""
     import psutil
 
-    import fsm.demo as demo
+    from fsm.cli.demo import Deadlines, run_demo
 
     before = {p.pid for p in psutil.Process().children(recursive=True)}
-    monkeypatch.setattr(demo, "DETECT", 0.05)  # no probe can notice a RED Gateway that fast
-    assert demo.run_demo(plain=True) == 1
+    # no probe can notice a RED Gateway that fast
+    assert run_demo(plain=True, deadlines=Deadlines(detect=0.05)) == 1
     out = capsys.readouterr().out
     assert "== step 1/7 connect: ok" in out
     assert "== step 2/7 Gateway API goes RED: FAILED" in out

@@ -23,7 +23,7 @@ from typing import IO, Any
 
 import psutil
 
-from fsm.doctor import parse_label
+from fsm.cli.doctor import parse_label
 from fsm.zombies import lock_path
 
 CLIENT_ID = 4242

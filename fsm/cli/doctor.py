@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import itertools
 import json
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil
+
+from fsm.cli.text import in_state_for
 
 LABEL_PREFIX = "ibgw-fsm:"
 
@@ -264,14 +265,14 @@ def diagnose(
     # 2. Zombie sockets (lsof -iTCP:PORT -sTCP:CLOSE_WAIT), both ends.
     for r in report.client_sockets:
         o = r.owner
-        who = _who(o)
+        holder = who(o)
         if r.status == psutil.CONN_CLOSE_WAIT:
             if o.ours:
                 f.append(
                     Finding(
                         ATTENTION,
                         (
-                            f"CLOSE_WAIT {r.laddr} -> {r.raddr} held by our worker {who} [{o.status}]: the Gateway "
+                            f"CLOSE_WAIT {r.laddr} -> {r.raddr} held by our worker {holder} [{o.status}]: the Gateway "
                             f"closed this session but the worker still holds the socket (and its client id). "
                             f"The manager reaps it on its next start or 326; to clear it now: kill {o.pid}"
                         ),
@@ -282,7 +283,7 @@ def diagnose(
                     Finding(
                         ATTENTION,
                         (
-                            f"CLOSE_WAIT {r.laddr} -> {r.raddr} held by {who}, not ours: the Gateway closed it "
+                            f"CLOSE_WAIT {r.laddr} -> {r.raddr} held by {holder}, not ours: the Gateway closed it "
                             f"but that process still holds the socket; ibgw will not touch it"
                         ),
                     )
@@ -293,7 +294,7 @@ def diagnose(
                     Finding(
                         ATTENTION,
                         (
-                            f"ESTABLISHED {r.laddr} -> {r.raddr} held by our worker {who}, which is STOPPED: "
+                            f"ESTABLISHED {r.laddr} -> {r.raddr} held by our worker {holder}, which is STOPPED: "
                             f"it holds its client id and answers nothing"
                         ),
                     )
@@ -303,24 +304,24 @@ def diagnose(
                     Finding(
                         ATTENTION,
                         (
-                            f"ESTABLISHED {r.laddr} -> {r.raddr} held by our worker {who} whose manager is gone "
+                            f"ESTABLISHED {r.laddr} -> {r.raddr} held by our worker {holder} whose manager is gone "
                             f"(orphan): it holds its client id; the next manager for that id reaps it"
                         ),
                     )
                 )
             elif o.ours:
-                f.append(Finding(OK, f"session {r.laddr} -> {r.raddr} held by our worker {who}"))
+                f.append(Finding(OK, f"session {r.laddr} -> {r.raddr} held by our worker {holder}"))
             else:
-                f.append(Finding(NOTE, f"session {r.laddr} -> {r.raddr} held by {who} (not ours)"))
+                f.append(Finding(NOTE, f"session {r.laddr} -> {r.raddr} held by {holder} (not ours)"))
         else:
-            f.append(Finding(NOTE, f"{r.status} {r.laddr} -> {r.raddr} held by {who}"))
+            f.append(Finding(NOTE, f"{r.status} {r.laddr} -> {r.raddr} held by {holder}"))
     for r in report.gateway_sockets:
         if r.status == psutil.CONN_CLOSE_WAIT:
             f.append(
                 Finding(
                     ATTENTION,
                     (
-                        f"Gateway-side CLOSE_WAIT {r.laddr} <- {r.raddr} ({_who(r.owner)}): the client went away "
+                        f"Gateway-side CLOSE_WAIT {r.laddr} <- {r.raddr} ({who(r.owner)}): the client went away "
                         f"but the Gateway has not closed its end; it may keep that client id reserved "
                         f"(error 326) until the Gateway is restarted"
                     ),
@@ -377,41 +378,19 @@ def diagnose(
             )
             continue
         reason = snap.get("reason")
-        text = f"manager for {where}: {state}" + (f" ({reason})" if reason else "") + _since(snap)
+        text = (
+            f"manager for {where}: {state}"
+            + (f" ({reason})" if reason else "")
+            + (f" for {took}" if (took := in_state_for(snap)) else "")
+        )
         level = OK if state in ("CONNECTED", "IDLE") else ATTENTION if state == "DEGRADED_RED" else NOTE
         f.append(Finding(level, text))
     return report
 
 
-def _who(o: Owner) -> str:
+def who(o: Owner) -> str:
+    """`pid N (name label)` for a finding, or what the OS said instead."""
     if o.pid is None:
         return o.name
     label = f" {o.label}" if o.label else ""
     return f"pid {o.pid} ({o.name}{label})"
-
-
-def _since(snap: dict[str, Any]) -> str:
-    since = snap.get("since_wall", snap.get("since"))
-    if isinstance(since, (int, float)) and since > 1e9:  # epoch seconds
-        return f" for {max(0.0, time.time() - since):.1f} s"
-    return ""
-
-
-def render_plain(report: Report) -> list[str]:
-    """The report as plain lines: the same facts the rich view shows."""
-    lines = [f"ibgw doctor — port {report.port}, state dir {report.state_dir} (passive: no connection made)"]
-    lines.append(
-        f"listening: {len(report.listeners)}  client sockets: {len(report.client_sockets)}  "
-        f"gateway-side sockets: {len(report.gateway_sockets)}  locks: {len(report.locks)}  "
-        f"managers: {len(report.managers)}"
-    )
-    for r in report.listeners + report.client_sockets + report.gateway_sockets:
-        lines.append(
-            f"  {r.side:<8} {r.status:<12} {r.laddr:<22} {r.raddr:<22} {_who(r.owner)} "
-            f"[{r.owner.status}]{' ours' if r.owner.ours else ''}"
-        )
-    mark = {OK: "ok  ", NOTE: "note", ATTENTION: "FIX "}
-    for fd in report.findings:
-        lines.append(f"{mark[fd.level]} {fd.message}")
-    lines.append(report.verdict)
-    return lines

@@ -2,123 +2,25 @@
 
 Every error a user can cause — a bad flag, a bad IBKR_* value — ends in one line naming the
 culprit and exit status 2, so that scripts and supervisors can tell "you asked for something
-wrong" from "the Gateway is unwell".
+wrong" from "the Gateway is unwell". Commands import what they need when they run, so `ibgw
+--help` stays quick and `sim` alone imports the simulator.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
-from collections.abc import Mapping, Sequence
+import traceback
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 import click
 
-if TYPE_CHECKING:
-    from fsm.settings import Settings
-
-# Exit codes, documented in the README and in `ibgw --help`.
-EXIT_OK = 0
-EXIT_ATTENTION = 1  # doctor: something needs attention; demo: a step did not end as scripted
-EXIT_USAGE = 2  # bad flag or bad environment value
-EXIT_ALREADY_RUNNING = 3  # run: another manager holds this host/port/client id
-EXIT_NOT_FOUND = 4  # status: no snapshot matches
-EXIT_INTERNAL = 70  # an unexpected error (EX_SOFTWARE)
-
-# The flag for each settings field, to name the culprit of a bad value. A flag given on the
-# command line replaces its environment variable (fsm.settings.ENV_VARS) entirely, so a bad value
-# in a variable the user overrode is not an error.
-FLAG_OF = {
-    "host": "--host",
-    "port": "--port",
-    "client_id": "--client-id",
-    "readonly": "--readonly/--no-readonly",
-    "handshake_timeout": "--timeout",
-    "state_dir": "--state-dir",
-}
-
-
-class CliError(click.ClickException):
-    """A one-line user error with its own exit status."""
-
-    def __init__(self, message: str, exit_code: int = EXIT_USAGE) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-        ctx = click.get_current_context(silent=True)
-        self.where = ctx.command_path if ctx is not None else "ibgw"
-
-
-def build_settings(env: Mapping[str, str] | None = None, **flags: Any) -> Settings:
-    """Settings from the environment, then each given flag applied on top.
-
-    An error names its culprit: the environment variable (the core's SettingsError does that) or
-    the flag (wrapped here), never a field name the user never typed.
-    """
-    from fsm.errors import SettingsError
-    from fsm.settings import ENV_VARS, Settings
-
-    given = {k: v for k, v in flags.items() if v is not None}
-    source = dict(os.environ if env is None else env)
-    for name in given:
-        source.pop(ENV_VARS.get(name, ""), None)
-    try:
-        settings = Settings.from_env(source)
-    except SettingsError as exc:
-        raise CliError(_one_line(str(exc))) from None
-    for name, value in given.items():
-        try:
-            settings = settings.replace(**{name: value})
-        except SettingsError as exc:
-            msg = _one_line(str(exc))
-            flag = FLAG_OF.get(name, name)
-            msg = f"{flag}={msg[len(name) + 1 :]}" if msg.startswith(f"{name}=") else f"{flag}: {msg}"
-            raise CliError(msg) from None
-    return settings
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _state_dir_option(f: Any) -> Any:
-    return click.option(
-        "--state-dir",
-        type=click.Path(file_okay=False, path_type=Path),
-        default=None,
-        help="Lock files and status snapshots (default: $IBGW_STATE_DIR or a per-user directory).",
-    )(f)
-
-
-def _connection_options(f: Any) -> Any:
-    opts = [
-        click.option("--host", default=None, help="Gateway host [env IBKR_HOST, default 127.0.0.1]."),
-        click.option(
-            "--port", type=int, default=None, help="Gateway API port [env IBKR_PORT, default 4002]."
-        ),
-        click.option(
-            "--client-id",
-            type=int,
-            default=None,
-            help="The one client id this manager uses [env IBKR_CLIENT_ID, default 1].",
-        ),
-        click.option(
-            "--readonly/--no-readonly",
-            default=None,
-            help="Read-only API session [env IBKR_READONLY, default readonly].",
-        ),
-        click.option(
-            "--timeout",
-            "handshake_timeout",
-            type=float,
-            default=None,
-            help="Handshake budget in seconds, at least 30 [env IBKR_TIMEOUT, default 30].",
-        ),
-    ]
-    for opt in reversed(opts):
-        f = opt(f)
-    return f
+from fsm.cli.exits import CliError, Exit, epilog
+from fsm.cli.params import FiniteRange, build_settings, connection_options, state_dir_option
+from fsm.cli.text import one_line, printable
+from fsm.errors import IbgwError, SettingsError
 
 
 class _Group(click.Group):
@@ -137,9 +39,7 @@ class _Group(click.Group):
     cls=_Group,
     invoke_without_command=True,
     context_settings={"help_option_names": ["-h", "--help"]},
-    epilog="Exit status: 0 ok; 1 needs attention / demo step failed; 2 bad flag or environment value; "
-    "3 another manager holds this client id; 4 no status snapshot found; 70 internal error; "
-    "130 interrupted.",
+    epilog=epilog(),
 )
 @click.pass_context
 def cli(ctx: click.Context) -> None:
@@ -162,22 +62,26 @@ def cli(ctx: click.Context) -> None:
 def diagram(check: bool, root: Path | None) -> int:
     """Regenerate (or --check) diagrams/ and the README's diagram from fsm/core.py's table."""
     from fsm import diagram as d
+    from fsm.errors import CheckoutError
 
-    where = root if root is not None else d.ROOT
+    try:
+        where = d.checkout() if root is None else root
+    except CheckoutError as exc:
+        raise CliError(str(exc)) from None
     if check:
         stale = d.check(where)
         for path in stale:
             click.echo(f"stale: {path} (run `ibgw diagram` to regenerate)")
         if stale:
-            return EXIT_ATTENTION
+            return Exit.ATTENTION
         click.echo("diagrams are up to date")
-        return EXIT_OK
+        return Exit.OK
     written = d.write(where)
     for path in written:
         click.echo(f"wrote {path}")
     if not written:
         click.echo("diagrams were already up to date")
-    return EXIT_OK
+    return Exit.OK
 
 
 # ----------------------------------------------------------------------------------------- sim
@@ -199,9 +103,12 @@ def _sim_command() -> click.Command:
     def callback(**kwargs: Any) -> int:
         host = kwargs.get("host", "127.0.0.1")
         if not _is_loopback(host):
-            raise CliError(f"--host: {host!r} is not a loopback address; the simulator binds loopback only")
-        gsm.main.callback(**kwargs)  # type: ignore[misc]
-        return EXIT_OK
+            raise CliError(
+                f"--host: {printable(host)!r} is not a loopback address; the simulator binds loopback only"
+            )
+        assert gsm.main.callback is not None
+        gsm.main.callback(**kwargs)
+        return Exit.OK
 
     return click.Command(
         "sim",
@@ -219,7 +126,7 @@ def _sim_command() -> click.Command:
 @click.option("--host", default=None, help="Only the manager for this host.")
 @click.option("--port", type=int, default=None, help="Only managers for this port.")
 @click.option("--client-id", type=int, default=None, help="Only the manager for this client id.")
-@_state_dir_option
+@state_dir_option
 def status(
     as_json: bool, host: str | None, port: int | None, client_id: int | None, state_dir: Path | None
 ) -> int:
@@ -230,7 +137,7 @@ def status(
     """
     from fsm.status import read_all
 
-    settings = build_settings(state_dir=state_dir)
+    settings = build_settings(uses={"state_dir"}, state_dir=state_dir)
     snaps = read_all(settings.state_dir) if Path(settings.state_dir).is_dir() else []
     snaps = [
         s
@@ -249,13 +156,13 @@ def status(
             )
         )
     else:
-        from fsm.views import print_status
+        from fsm.cli.views import print_status
 
         print_status(snaps, settings.state_dir)
     if not snaps:
-        return EXIT_NOT_FOUND
+        return Exit.NOT_FOUND
     healthy = all(s.get("manager_alive") and s.get("state") == "CONNECTED" for s in snaps)
-    return EXIT_OK if healthy else EXIT_ATTENTION
+    return Exit.OK if healthy else Exit.ATTENTION
 
 
 # -------------------------------------------------------------------------------------- doctor
@@ -267,21 +174,21 @@ def status(
     help="Gateway API port to inspect [env IBKR_PORT, default 4002].",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
-@_state_dir_option
+@state_dir_option
 def doctor(port: int | None, as_json: bool, state_dir: Path | None) -> int:
     """Passive health check: listeners, CLOSE_WAIT sockets and their owners, locks, manager state.
 
     Reads the kernel's socket table and the state directory only: it never connects to the
     Gateway. Exit 0 when healthy, 1 when something needs attention.
     """
-    from fsm.doctor import diagnose
+    from fsm.cli.doctor import diagnose
 
-    settings = build_settings(port=port, state_dir=state_dir)
+    settings = build_settings(uses={"port", "state_dir"}, port=port, state_dir=state_dir)
     report = diagnose(settings.port, Path(settings.state_dir))
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2, default=str))
     else:
-        from fsm.views import print_doctor
+        from fsm.cli.views import print_doctor
 
         print_doctor(report)
     return report.exit_code
@@ -289,8 +196,8 @@ def doctor(port: int | None, as_json: bool, state_dir: Path | None) -> int:
 
 # ----------------------------------------------------------------------------------------- run
 @cli.command()
-@_connection_options
-@_state_dir_option
+@connection_options
+@state_dir_option
 @click.option(
     "--backend",
     type=click.Choice(["asyncio", "trio"]),
@@ -313,7 +220,7 @@ def run(
     EOF, then SIGTERM, then SIGKILL) — never by disconnect(). Exit 0 after a clean shutdown,
     3 if another manager already holds this host/port/client id.
     """
-    from fsm.runner import run_forever
+    from fsm.cli.run import run_forever
 
     settings = build_settings(
         host=host,
@@ -338,7 +245,7 @@ def run(
 )
 @click.option(
     "--pace",
-    type=click.FloatRange(0, 10),
+    type=FiniteRange(0, 10),
     default=None,
     metavar="SECONDS",
     help="Pause between steps so a person can follow [live view: 1.5; --plain: 0].",
@@ -350,7 +257,7 @@ def demo(plain: bool, backend: str, pace: float | None) -> int:
     the client id; nightly 1100 -> 1102; clean shutdown. Exit 0 only if every step ended as
     scripted.
     """
-    from fsm.demo import run_demo
+    from fsm.cli.demo import run_demo
 
     return run_demo(plain=plain, backend=backend, pace=pace)
 
@@ -358,42 +265,51 @@ def demo(plain: bool, backend: str, pace: float | None) -> int:
 # ---------------------------------------------------------------------------------------- main
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Console-script entry: click without its multi-line usage errors."""
-    from fsm.errors import IbgwError, SettingsError
-
     try:
         rv = cli.main(args=list(argv) if argv is not None else None, prog_name="ibgw", standalone_mode=False)
-    except click.exceptions.NoArgsIsHelpError as exc:
-        click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
-        sys.exit(EXIT_OK)
-    except click.UsageError as exc:
-        where = exc.ctx.command_path if exc.ctx else "ibgw"
-        click.echo(f"{where}: error: {_one_line(exc.format_message())}", err=True)
-        sys.exit(EXIT_USAGE)
-    except CliError as exc:
-        click.echo(f"{exc.where}: error: {_one_line(exc.format_message())}", err=True)
-        sys.exit(exc.exit_code)
-    except SettingsError as exc:
-        click.echo(f"ibgw: error: {_one_line(str(exc))}", err=True)
-        sys.exit(EXIT_USAGE)
-    except click.ClickException as exc:
-        click.echo(f"ibgw: error: {_one_line(exc.format_message())}", err=True)
-        sys.exit(exc.exit_code)
-    except click.Abort:
-        click.echo("ibgw: aborted", err=True)
-        sys.exit(130)
-    except IbgwError as exc:
-        click.echo(f"ibgw: error: {_one_line(str(exc))}", err=True)
-        sys.exit(EXIT_INTERNAL)
-    except KeyboardInterrupt:
-        click.echo("ibgw: interrupted", err=True)
-        sys.exit(130)
-    except Exception:  # a bug: keep the traceback, but with the documented status
-        import traceback
-
-        traceback.print_exc()
-        sys.exit(EXIT_INTERNAL)
-    sys.exit(rv if isinstance(rv, int) else EXIT_OK)
+    except BaseException as exc:  # every way out gets its documented status
+        sys.exit(_exit_status(_innermost(exc)))
+    sys.exit(rv if isinstance(rv, int) else Exit.OK)
 
 
-if __name__ == "__main__":
-    main()
+def _innermost(exc: BaseException) -> BaseException:
+    """The one error inside (nested) single-member exception groups from anyio task groups."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _exit_status(exc: BaseException) -> int:
+    """Report `exc` in the one line it deserves and return the exit status."""
+    match exc:
+        case SystemExit():
+            raise exc
+        case click.exceptions.NoArgsIsHelpError():
+            click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+            return Exit.OK
+        case click.UsageError():
+            return _error(exc.ctx.command_path if exc.ctx else "ibgw", exc.format_message(), Exit.USAGE)
+        case CliError():
+            return _error(exc.where, exc.message, exc.exit_code)
+        case click.ClickException():
+            return _error("ibgw", exc.format_message(), exc.exit_code)
+        case SettingsError():
+            return _error("ibgw", str(exc), Exit.USAGE)
+        case IbgwError():
+            return _error("ibgw", str(exc), Exit.INTERNAL)
+        case click.Abort():
+            click.echo("ibgw: aborted", err=True)
+            return Exit.INTERRUPTED
+        case KeyboardInterrupt():
+            click.echo("ibgw: interrupted", err=True)
+            return Exit.INTERRUPTED
+        case Exception():  # a bug: keep the traceback, but with the documented status
+            traceback.print_exception(exc)
+            return Exit.INTERNAL
+        case _:
+            raise exc
+
+
+def _error(where: str, message: str, status: int) -> int:
+    click.echo(f"{where}: error: {printable(one_line(message))}", err=True)
+    return status

@@ -12,57 +12,34 @@ import logging
 import os
 import signal
 import sys
-from typing import Any
 
 import anyio
 
-from fsm.cli import EXIT_ALREADY_RUNNING, EXIT_OK
+from fsm.cli.changes import describe
+from fsm.cli.exits import Exit
+from fsm.cli.text import one_line, printable
+from fsm.errors import AlreadyRunning
+from fsm.manager import ConnectionManager, Subscription
 from fsm.settings import Settings
 
 
-def _stamp() -> str:
-    return _dt.datetime.now().isoformat(timespec="milliseconds")
-
-
 def emit(line: str) -> None:
-    """One line to stdout, flushed: `ibgw run` is usually read through a pipe by a supervisor."""
-    print(f"{_stamp()} {line}", flush=True)
+    """One time-stamped line to stdout, flushed: `ibgw run` is usually read through a pipe."""
+    print(f"{_dt.datetime.now().isoformat(timespec='milliseconds')} {line}", flush=True)
 
 
-def describe_change(change: Any) -> str:
-    """A state change or notice from ConnectionManager.subscribe() as one readable line."""
-    source = getattr(change, "source", None)
-    dest = getattr(change, "dest", None)
-    event = getattr(change, "event", None)
-    reason = getattr(change, "reason", None)
-    if source is not None and dest is not None:
-        text = f"{_name(source)} --{_name(event)}--> {_name(dest)}"
-        return text + (f"  ({_name(reason)})" if reason else "")
-    kind = getattr(change, "kind", None) or type(change).__name__
-    code = getattr(change, "code", None)
-    message = getattr(change, "message", "")
-    return f"notice {kind}" + (f" {code}" if code is not None else "") + f": {message}"
-
-
-def _name(x: Any) -> str:
-    return str(getattr(x, "value", x))
-
-
-async def _print_changes(subscription: Any) -> None:
+async def _print_changes(subscription: Subscription) -> None:
     async for change in subscription:
-        emit(describe_change(change))
+        emit(describe(change))
 
 
 async def _run(settings: Settings) -> int:
-    from fsm.errors import AlreadyRunning
-    from fsm.manager import ConnectionManager
-
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         try:
             manager = ConnectionManager(settings)
             subscription = manager.subscribe()  # before start: the first transitions too
             emit(
-                f"ibgw run: manager pid {os.getpid()} for {settings.host}:{settings.port} "
+                f"ibgw run: manager pid {os.getpid()} for {printable(settings.host)}:{settings.port} "
                 f"client id {settings.client_id} (readonly={settings.readonly}); "
                 f"Ctrl-C or SIGTERM to stop"
             )
@@ -78,11 +55,11 @@ async def _run(settings: Settings) -> int:
                 # subscription ends with the manager.
                 await manager.shutdown()
             # Leaving the manager's block retired the worker; the history says how it went.
-            emit(f"stopped: state {_name(manager.state)}; worker retired; disconnects issued: 0")
-            return EXIT_OK
+            emit(f"stopped: state {manager.state}; worker retired; disconnects issued: 0")
+            return Exit.OK
         except AlreadyRunning as exc:
-            print(f"ibgw run: error: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
-            return EXIT_ALREADY_RUNNING
+            print(f"ibgw run: error: {printable(one_line(str(exc)))}", file=sys.stderr, flush=True)
+            return Exit.ALREADY_RUNNING
 
 
 def run_forever(settings: Settings, *, backend: str = "asyncio") -> int:

@@ -1,0 +1,5 @@
+"""`python -m fsm.cli`: the `ibgw` command."""
+
+from fsm.cli import main
+
+main()
