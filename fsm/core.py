@@ -14,6 +14,10 @@ Rules the table below encodes (each one a property test in tests/test_core_*.py)
 - Backoff is gRPC's (1 s, x1.6, +-20 % jitter, max 120 s), grows per failed attempt and resets
   only after `stable_period` continuously CONNECTED (OVS's rule), so flapping cannot turn into
   rapid connect -> close cycles. A session younger than `min_session` is never retired.
+- Fast respawn: a worker that exits after its session was stable (CONNECTED for stable_period)
+  is respawned at once (guard `stable_session`): the Gateway was fine, our process was not. The
+  new worker has no stable session yet, so a second failure backs off as above and a crash loop
+  can never cycle faster than the backoff.
 - At most one live worker: a retry retires the old one and spawns only after `worker_exited`.
 
 Time order: an input first fires the *expiries* due at its `now` (spawn, handshake and probe
@@ -117,8 +121,9 @@ Action = SpawnWorker | SendConnect | SendProbe | RetireWorker | ReapZombies | No
 
 @dataclass(frozen=True, slots=True)
 class Transition:
-    """One state change: for edges into DEGRADED_RED `reason` is why; for edges out of it, the
-    reason being left; for shutdown, Reason.shutdown."""
+    """One state change: for edges into DEGRADED_RED `reason` is why; for a fast respawn,
+    worker_exited; for other edges out of DEGRADED_RED, the reason being left; for shutdown,
+    Reason.shutdown."""
 
     at_ns: int
     source: State
@@ -169,6 +174,7 @@ TABLE: tuple[Edge, ...] = (
     Edge(CONNECTED, "probe_failed", RED),
     Edge(CONNECTED, "connectivity_lost", RED),
     Edge(CONNECTED, "session_lost", RED, (), ("_session_gone",)),
+    Edge(CONNECTED, "worker_exited", SPAWNING, ("stable_session",), ("_worker_gone", "_count_fast")),
     Edge(CONNECTED, "worker_exited", RED, (), ("_worker_gone",)),
     # DEGRADED_RED: late good news that fits the reason revives a live session; else retry
     Edge(RED, "handshake_ok", CONNECTED, ("session_alive", "handshake_was_late"), ("_session_up",)),
@@ -182,6 +188,13 @@ TABLE: tuple[Edge, ...] = (
     Edge(RED, "probe_failed", RED, ("awaiting_restore",)),
     Edge(RED, "session_lost", RED, ("awaiting_restore",), ("_session_gone",)),
     Edge(RED, "session_lost", None, ("session_alive", "!awaiting_restore"), ("_session_gone",)),
+    Edge(
+        RED,
+        "worker_exited",
+        SPAWNING,
+        ("awaiting_restore", "stable_session"),
+        ("_worker_gone", "_count_fast"),
+    ),
     Edge(RED, "worker_exited", RED, ("awaiting_restore",), ("_worker_gone",)),
     Edge(RED, "worker_exited", None, ("worker_alive", "!awaiting_restore"), ("_worker_gone",)),
     Edge(RED, "retry", SPAWNING, ("backoff_elapsed", "min_session_elapsed"), ("_count_retry",)),
@@ -281,6 +294,7 @@ class _Model:
         self.retire_sent = False  # RetireWorker issued for it
         self.pid: int | None = None
         self.socket_closed = False  # session_lost seen for this worker
+        self.session_stable = False  # this worker's session stayed CONNECTED for stable_period
         self.session_started: int | None = None
         self.handshake_started = 0
         self.reap_pending = False
@@ -297,7 +311,7 @@ class _Model:
         self.entered_at: int | None = None  # None until the first transition: no IDLE time since boot
         self.time_in = dict.fromkeys(State, 0)
         self.history: deque[Transition] = deque(maxlen=HISTORY_LIMIT)
-        self.attempts = self.sessions = self.retries = self.red_episodes = 0
+        self.attempts = self.sessions = self.retries = self.fast_respawns = self.red_episodes = 0
         self.probes_sent = 0
         self.red_by_reason = dict.fromkeys(Reason, 0)
         self.last_handshake_latency: int | None = None
@@ -343,6 +357,10 @@ class _Model:
         """The backoff armed on entering DEGRADED_RED has run out."""
         return self.retry_at is not None and self.now >= self.retry_at
 
+    def stable_session(self) -> bool:
+        """The worker's session stayed CONNECTED for stable_period: the Gateway was fine."""
+        return self.session_stable or self.stable_period_elapsed()
+
     def min_session_elapsed(self) -> bool:
         """No live session younger than min_session would be retired (no fast close)."""
         return self.now >= self.min_session_end()
@@ -382,6 +400,7 @@ class _Model:
             self.reap_pending = False
         self.out.append(SpawnWorker(self.cid))
         self.alive = True
+        self.session_stable = False
         self.spawn_deadline = self.now + self.spawn_ns
         self.attempts += 1
 
@@ -410,9 +429,13 @@ class _Model:
         self.failures = 0
         self.backoff_s = 0.0
         self.stable_at = None
+        self.session_stable = True
 
     def _count_retry(self) -> None:
         self.retries += 1
+
+    def _count_fast(self) -> None:
+        self.fast_respawns += 1
 
     # -- state entry/exit (state timers are armed on entry and dropped on exit) --
     def _enter_idle(self) -> None:
@@ -422,6 +445,7 @@ class _Model:
             self.retire_sent = True
 
     def _enter_spawning(self) -> None:
+        self.probe_due_at = self.probe_deadline = None
         if not self.alive:
             self._spawn()
         elif not self.retire_sent:
@@ -489,7 +513,7 @@ class _Model:
         elif self.event == "shutdown":
             reason = Reason.shutdown
         else:
-            reason = self.prev_reason
+            reason = self.pending or self.prev_reason
         if self.entered_at is not None:
             self.time_in[self.source] += self.now - self.entered_at
         self.entered_at = self.now
@@ -585,6 +609,7 @@ class ConnectionCore:
             "attempts": m.attempts,
             "sessions": m.sessions,
             "retries": m.retries,
+            "fast_respawns": m.fast_respawns,
             "red_episodes": m.red_episodes,
             "red_by_reason": {r.value: n for r, n in m.red_by_reason.items()},
             "client_id_in_use": m.red_by_reason[Reason.client_id_in_use],

@@ -49,10 +49,19 @@ class DisconnectEdge(ConnectionCore):
     _table = (*TABLE, Edge(CONNECTED, "disconnect", IDLE))
 
 
+class AlwaysRespawnsAtOnce(ConnectionCore):
+    """Treats every worker exit as the end of a stable session (no backoff for crash loops)."""
+
+    def __init__(self, settings: Settings, *, rng: random.Random | None = None) -> None:
+        super().__init__(settings, rng=rng)
+        self._m.stable_session = lambda: True  # type: ignore[method-assign]
+
+
 MUTANTS = {
     "handshake deadline": (Handshake31s, r"handshake deadline armed 31\.0 s|SendConnect\.timeout 31\.0"),
     "client id": (NewClientIdOnRetry, "client id"),
     "disconnect": (DisconnectEdge, "disconnect"),
+    "fast respawn": (AlwaysRespawnsAtOnce, "without a stable session"),
 }
 
 FIND_SETTINGS = settings(PROPERTY_SETTINGS, max_examples=2000, phases=[Phase.generate])

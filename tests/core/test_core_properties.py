@@ -29,6 +29,7 @@ from fsm.core import (
     SendProbe,
     SpawnWorker,
     State,
+    Transition,
 )
 from fsm.errors import InvalidEvent
 from fsm.settings import Settings
@@ -60,6 +61,7 @@ SPEC_EDGES = {
     (CONNECTED, "connectivity_lost", RED),
     (CONNECTED, "session_lost", RED),
     (CONNECTED, "worker_exited", RED),
+    (CONNECTED, "worker_exited", SPAWNING),  # fast respawn after a stable session
     (RED, "handshake_ok", CONNECTED),
     (RED, "probe_ok", CONNECTED),
     (RED, "connectivity_restored", CONNECTED),
@@ -68,6 +70,7 @@ SPEC_EDGES = {
     (RED, "probe_failed", RED),
     (RED, "session_lost", RED),
     (RED, "worker_exited", RED),
+    (RED, "worker_exited", SPAWNING),  # fast respawn: stable session, then 1100, then exit
     (RED, "retry", SPAWNING),
 } | {(s, "shutdown", IDLE) for s in RUNNING}
 
@@ -126,6 +129,12 @@ def call(core: ConnectionCore, event: str, now: int, arg: object = None) -> list
     return core._handle(event, now)
 
 
+def _ends_a_session(t: Transition) -> bool:
+    """A failure the backoff is for: into DEGRADED_RED or a worker exit (a 1100 keeps the
+    session, so it is not one yet)."""
+    return (t.dest is RED or t.event == "worker_exited") and t.event != "connectivity_lost"
+
+
 class Driver:
     """Fake integer-ns clock and world model around a core; check() asserts every rule."""
 
@@ -142,6 +151,12 @@ class Driver:
         self.retry_at: int | None = None  # last observed retry deadline
         self.armed_at = self.armed_backoff = 0
         self.checked_until = 0  # history position of the last backoff check
+        # the respawn rule, tracked from history on our own: a spawn sooner than the smallest
+        # backoff after a failure needs a worker exit that ended a stable session
+        self.tracked = 0  # history records folded into the fields below
+        self.connected_since: int | None = None
+        self.stable_seen = False  # this worker's session stayed CONNECTED for STABLE_NS
+        self.failure: tuple[int, str] | None = None  # first failure since the session was up
 
     # ---- stimuli ----
     def fire(self, event: str, arg: object = None) -> bool:
@@ -180,6 +195,19 @@ class Driver:
         if tick:
             self.perform(self.core.tick(self.now))
 
+    def advance_healthy(self, dt: int) -> None:
+        """Move the clock like advance(), answering every probe as a healthy Gateway does."""
+        target = self.now + dt
+        while True:
+            if self.core._m.probe_deadline is not None and self.core.accepts("probe_ok", self.now):
+                self.fire("probe_ok")
+            d = self.core.next_deadline()
+            if d is None or d > target:
+                break
+            self.advance(max(0, d - self.now))
+            self.check()
+        self.advance(target - self.now)
+
     def to_deadline(self) -> None:
         """Stand exactly on the next deadline without ticking: inputs now race the timer."""
         d = self.core.next_deadline()
@@ -197,6 +225,7 @@ class Driver:
                 assert a.client_id == CID, f"client id {a.client_id} != {CID} in {a!r}"
             if isinstance(a, SpawnWorker):
                 assert self.live == 0, "SpawnWorker while a worker is alive"
+                self.check_respawn()
                 self.live += 1
                 self.session_at, self.socket_lost = None, False
             elif isinstance(a, SendConnect):
@@ -218,6 +247,34 @@ class Driver:
                     assert self.now - self.session_at >= MIN_SESSION_NS, (
                         f"fast close: retired a {(self.now - self.session_at) / S:.3f} s old session"
                     )
+
+    def track(self) -> None:
+        """Fold new history into connected_since / stable_seen / failure."""
+        history = list(self.core.history)
+        for t in history[self.tracked :]:
+            if t.source is CONNECTED and self.connected_since is not None:
+                self.stable_seen |= t.at_ns - self.connected_since >= STABLE_NS
+                self.connected_since = None
+            if t.dest is CONNECTED:
+                self.connected_since = t.at_ns
+            if t.dest in (IDLE, CONNECTED):  # stopped, or the session is back
+                self.failure = None
+            elif self.failure is None and _ends_a_session(t):
+                self.failure = (t.at_ns, t.event)
+        self.tracked = len(history)
+
+    def check_respawn(self) -> None:
+        """At a SpawnWorker: no respawn closer to its failure than the smallest backoff unless
+        the worker exited after a stable session; then the new worker starts unstable."""
+        self.track()
+        if self.failure is not None:
+            at, event = self.failure
+            gap = self.now - at
+            if gap < (1 - JITTER) * SETTINGS.backoff_initial * S:
+                assert event == "worker_exited" and self.stable_seen, (
+                    f"respawned {gap / S:.3f} s after {event} without a stable session"
+                )
+        self.failure, self.stable_seen, self.connected_since = None, False, None
 
     def snapshot(self) -> tuple:
         c = self.core
@@ -327,6 +384,25 @@ class CoreMachine(RuleBasedStateMachine):
     @rule(dt=time_steps)
     def advance(self, dt: int) -> None:
         self.d.advance(dt)
+
+    @rule()
+    def progress(self) -> None:
+        """The Gateway cooperates: take the next step towards a session, or wait for the timer
+        that leads there (random events alone rarely get a session stable)."""
+        core = self.d.core
+        for event in ("start", "worker_ready", "handshake_ok"):
+            if core.accepts(event, self.d.now):
+                self.d.fire(event)
+                return
+        if core._m.retire_sent:
+            self.d.fire("worker_exited")
+        elif (d := core.next_deadline()) is not None:
+            self.d.advance(max(0, d - self.d.now))
+
+    @rule(dt=st.sampled_from([STABLE_NS - 1, STABLE_NS, 2 * STABLE_NS]))
+    def healthy(self, dt: int) -> None:
+        """A healthy Gateway for a while: probes answered, so sessions get stable."""
+        self.d.advance_healthy(dt)
 
     @rule(offset=st.sampled_from([-1, 0]))
     def near_deadline(self, offset: int) -> None:

@@ -21,6 +21,7 @@ from fsm.core import (
     SendProbe,
     SpawnWorker,
     State,
+    Transition,
 )
 from fsm.errors import InvalidEvent
 from fsm.settings import Settings
@@ -343,3 +344,76 @@ def test_event_rate() -> None:
         n += 9
     rate = n / (time.perf_counter() - start)
     print(f"\ncore: {rate:,.0f} events/s ({1e6 / rate:.1f} us/event)")
+
+
+# ---- fast respawn after our own crash (issue 15) -------------------------------------------------
+
+
+def stable(c: ConnectionCore, t: int) -> int:
+    """Keep a fresh core's session up for stable_period (probes off); returns the time."""
+    t = connected(c, t)
+    assert c.tick(t + 60 * S) == [] and c.metrics(t)["failures"] == 0
+    return t + 60 * S
+
+
+def test_worker_exit_after_a_stable_session_respawns_at_once() -> None:
+    c = new(probe_interval=100, probe_timeout=50)
+    t = stable(c, 0)
+    assert c.worker_exited(t + S) == [SpawnWorker(3)]
+    assert c.state is SPAWNING and c.history[-1] == Transition(
+        t + S, CONNECTED, "worker_exited", SPAWNING, Reason.worker_exited
+    )
+    m = c.metrics(t + S)
+    assert (m["fast_respawns"], m["retries"], m["red_episodes"], m["attempts"]) == (1, 0, 0, 2)
+    assert c.next_deadline() == t + S + 20 * S  # only the spawn timeout: no probe, no retry
+
+
+def test_worker_exit_after_an_unstable_session_backs_off() -> None:
+    c = new(probe_interval=100, probe_timeout=50)
+    t = connected(c)
+    assert c.worker_exited(t + 60 * S - 1) == []  # 1 ns short of stable
+    assert c.state is RED and c.next_deadline() == t + 61 * S - 1
+    assert c.tick(t + 61 * S - 2) == []
+    assert c.tick(t + 61 * S - 1) == [SpawnWorker(3)]
+    assert c.metrics(t)["fast_respawns"] == 0
+
+
+def test_a_crash_loop_backs_off_after_the_one_fast_respawn() -> None:
+    """Stable, crash (at once), crash again before the next stable period (1 s, then 1.6 s);
+    a new stable period earns one more immediate respawn."""
+    c = new(probe_interval=100, probe_timeout=50)
+    t = stable(c, 0)
+    assert c.worker_exited(t) == [SpawnWorker(3)]
+    delays = []
+    for _ in range(2):
+        c.worker_ready(t, pid=2)
+        c.handshake_ok(t)
+        t += 30 * S
+        assert c.worker_exited(t) == []
+        delays.append(c.next_deadline() - t)
+        t = c.next_deadline()
+        assert c.tick(t) == [SpawnWorker(3)]
+    assert delays == [S, round(1.6 * S)]
+    c.worker_ready(t, pid=3)
+    c.handshake_ok(t)
+    c.tick(t + 60 * S)
+    assert c.worker_exited(t + 60 * S) == [SpawnWorker(3)]
+    assert c.metrics(t)["fast_respawns"] == 2
+
+
+def test_worker_exit_during_1100_after_a_stable_session_respawns_at_once() -> None:
+    c = new(probe_interval=100, probe_timeout=50)
+    t = stable(c, 0)
+    c.connectivity_lost(t)
+    assert c.worker_exited(t + S) == [SpawnWorker(3)]
+    assert (c.history[-1].source, c.history[-1].dest) == (RED, SPAWNING)
+
+
+def test_the_gateway_closing_a_stable_session_still_backs_off() -> None:
+    """Only our own process exiting is fast: a closed socket or a failed probe is the Gateway."""
+    for lose in ("session_lost", "probe_failed"):
+        c = new(probe_interval=100, probe_timeout=50)
+        t = stable(c, 0)
+        getattr(c, lose)(t)
+        assert c.worker_exited(t) == []
+        assert c.state is RED and c.next_deadline() == t + S

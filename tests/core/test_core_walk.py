@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import defaultdict, deque
 from functools import cache
 
-from test_core_properties import SPEC_EDGES, Driver
+from test_core_properties import SPEC_EDGES, STABLE_NS, Driver
 
 from fsm.core import HANDSHAKE_FAILURES, Reason, State
 
@@ -35,6 +35,7 @@ STEPS: tuple[tuple, ...] = (
     ("@on",),  # stand on the next deadline without ticking: inputs race the timer
     ("@1ns",),  # a nanosecond later (ticking whatever falls due)
     ("@1000s",),  # a long wait, ticking every deadline on the way
+    ("@stable",),  # a stable period of a healthy Gateway: every probe answered
 )
 MAX_DEPTH = 25
 
@@ -51,6 +52,8 @@ def apply(d: Driver, step: tuple) -> None:
             d.advance(1)
         case ("@1000s",):
             d.advance(1000 * S)
+        case ("@stable",):
+            d.advance_healthy(STABLE_NS)
         case (event, *arg):
             d.fire(event, arg[0] if arg else None)
     d.check()
@@ -72,6 +75,7 @@ def abstract(d: Driver) -> tuple:
         m.session_alive(),
         m.probe_deadline is not None,
         m.reap_pending,
+        m.session_stable,
     )
 
 
