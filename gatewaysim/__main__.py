@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from .faults import Faults
-from .server import SimEvent
+from .observe import SimEvent
 from .threaded import ThreadedSim, running_in_thread
 
 CONTROLS = (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
 # Start-up sync requests of ib_async 2.1.0 that `stall_sync` can leave unanswered, by the name a
 # person would use, with the message id the client sends.
@@ -48,7 +49,7 @@ class Faults:
         if name not in known:
             raise ValueError(f"unknown fault {name!r}; known: {', '.join(sorted(known))}")
         raw = raw.strip()
-        value: object
+        value: Any
         if name == "silent":
             value = raw.lower() not in ("0", "false", "no", "off") if raw else True
         elif name == "stall_sync":
