@@ -47,6 +47,9 @@ class Instrument:
     time_zone_id: str = "US/Eastern"
     market_rule_ids: str = "26"
     spread_ticks: int = 1  # ask - bid, in min ticks
+    hours: tuple[str, str] = ("0400", "2000")  # the day's session, local HHMM (useRTH=0)
+    liquid_hours: tuple[str, str] = ("0930", "1600")  # regular trading hours (useRTH=1)
+    always_open: bool = False  # trades around the clock, every day (the simulator's FX)
 
     def __post_init__(self) -> None:
         if self.con_id <= 0 or not self.symbol or self.min_tick <= 0 or self.base_price <= 0:
@@ -131,6 +134,25 @@ BOOK: tuple[Instrument, ...] = (
         subcategory="Machinery-General Industry",
         isin="US0000900025",
         spread_ticks=2,
+    ),
+    # What ib_async's Watchdog probes with (Forex("EURUSD") on IDEALPRO, MIDPOINT bars).
+    Instrument(
+        12087792,
+        "EUR",
+        "IDEALPRO",
+        "European Monetary Union Euro",
+        1.0850,
+        "EUR.USD",
+        sec_type="CASH",
+        local_symbol="EUR.USD",
+        min_tick=0.00005,
+        valid_exchanges=("IDEALPRO",),
+        stock_type="",
+        market_rule_ids="239",
+        spread_ticks=2,
+        hours=("0000", "2400"),
+        liquid_hours=("0000", "2400"),
+        always_open=True,
     ),
 )
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import accumulate
 from zoneinfo import ZoneInfo
@@ -190,6 +190,7 @@ class PriceProcess:
         self._patterns = _patterns(seed)
         self._max_abs = max(p.abs_max for p in self._patterns)
         self._knot = functools.lru_cache(maxsize=1 << 12)(self._knot_uncached)
+        self._whole_unit = functools.lru_cache(maxsize=1 << 14)(self._whole_unit_uncached)
 
     # ---------------------------------------------------------------- time
 
@@ -240,25 +241,37 @@ class PriceProcess:
         while a < b:
             unit, ja = divmod(a, UNIT_TICKS)
             jb = min(UNIT_TICKS, ja + (b - a))
-            p, scale, level = self._unit(ins, unit)
-            lo, hi = p.extremes(ja, jb)
-            if scale < 0:
-                lo, hi = hi, lo
-            n = jb - ja
-            vol = p.sum_size[jb] - p.sum_size[ja]
-            part = _Agg(
-                level + scale * p.values[ja],
-                level + scale * p.values[jb - 1],
-                level + scale * lo,
-                level + scale * hi,
-                n,
-                vol,
-                level * vol + scale * (p.sum_value_size[jb] - p.sum_value_size[ja]),
-                level * n + scale * (p.sum_value[jb] - p.sum_value[ja]),
-            )
+            if ja == 0 and jb == UNIT_TICKS:
+                part = self._whole_unit(ins, unit)
+                total = part if total is None else total + part
+                a += UNIT_TICKS
+                continue
+            part = self._span(ins, unit, ja, jb)
             total = part if total is None else total + part
-            a += n
+            a += jb - ja
         return total
+
+    def _whole_unit_uncached(self, ins: Instrument, unit: int) -> _Agg:
+        return self._span(ins, unit, 0, UNIT_TICKS)
+
+    def _span(self, ins: Instrument, unit: int, ja: int, jb: int) -> _Agg:
+        """Aggregate of offsets [ja, jb) of one unit."""
+        p, scale, level = self._unit(ins, unit)
+        lo, hi = p.extremes(ja, jb)
+        if scale < 0:
+            lo, hi = hi, lo
+        n = jb - ja
+        vol = p.sum_size[jb] - p.sum_size[ja]
+        return _Agg(
+            level + scale * p.values[ja],
+            level + scale * p.values[jb - 1],
+            level + scale * lo,
+            level + scale * hi,
+            n,
+            vol,
+            level * vol + scale * (p.sum_value_size[jb] - p.sum_value_size[ja]),
+            level * n + scale * (p.sum_value[jb] - p.sum_value[ja]),
+        )
 
     # ---------------------------------------------------------------- public API
 
@@ -300,11 +313,27 @@ class PriceProcess:
 
     def bar(self, con_id: int, start_ns: int, end_ns: int, what_to_show: str = "TRADES") -> Bar | None:
         """The bar over start_ns <= time < end_ns; None when no tick falls inside (IB skips those)."""
+        return self.bar_over(con_id, ((start_ns, end_ns),), what_to_show)
+
+    def bar_over(
+        self, con_id: int, spans: Iterable[tuple[int, int]], what_to_show: str = "TRADES"
+    ) -> Bar | None:
+        """One bar over several [start, end) time spans in order (a week of sessions), dated at
+        the first span's start; None when no tick falls inside any of them."""
         ins = by_con_id(con_id)
         if what_to_show not in WHAT_TO_SHOW:
             raise ValueError(f"what_to_show must be one of {', '.join(WHAT_TO_SHOW)}, got {what_to_show!r}")
-        agg = self._aggregate(ins, self.first_tick_at_or_after(start_ns), self.first_tick_at_or_after(end_ns))
-        if agg is None:
+        agg: _Agg | None = None
+        start_ns: int | None = None
+        for span_start, span_end in spans:
+            if start_ns is None:
+                start_ns = span_start
+            part = self._aggregate(
+                ins, self.first_tick_at_or_after(span_start), self.first_tick_at_or_after(span_end)
+            )
+            if part is not None:
+                agg = part if agg is None else agg + part
+        if agg is None or start_ns is None:
             return None
         px = functools.partial(_price, ins)
         if what_to_show in ("TRADES", "ADJUSTED_LAST"):
