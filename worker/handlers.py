@@ -36,6 +36,7 @@ from worker.protocol import (
     PingResult,
     PositionRow,
     PositionsResult,
+    ProbeParams,
     SummaryRow,
     TimeoutParams,
 )
@@ -124,6 +125,12 @@ async def ping(ctx: Context, p: TimeoutParams) -> Result:
     dt = await s.call("ping", ib.reqCurrentTimeAsync, timeout, one_at_a_time="currentTime")
     latency_ms = (time.perf_counter() - t0) * 1000
     return PingResult(gateway_time=dt.timestamp(), latency_ms=round(latency_ms, 3))
+
+
+@registry.command("probe", ProbeParams)
+async def probe(ctx: Context, p: ProbeParams) -> Result:
+    """Liveness for the manager: never serialised with other commands, never paced behind them."""
+    return await ctx.session.probe(p)
 
 
 @registry.command("accounts", AccountParams)
@@ -228,6 +235,8 @@ async def status(ctx: Context, p: NoParams) -> Result:
         "requests_rejected": c.rejected,
         "in_flight": c.in_flight - 1,  # not counting this status request
         "counters": dict(s.counters),
+        "probes_sent": s.liveness.probes_sent if s.liveness else 0,
+        "last_rx_age_s": round(now - s.liveness.last_rx, 3) if s.liveness and s.liveness.last_rx else None,
         "pacing": {
             "max_requests": ib_async.client.Client.MaxRequests,
             "interval_s": ib_async.client.Client.RequestsInterval,

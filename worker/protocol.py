@@ -45,6 +45,8 @@ __all__ = [
     "PingResult",
     "PositionRow",
     "PositionsResult",
+    "ProbeParams",
+    "ProbeResult",
     "ProtocolError",
     "ReadyData",
     "Request",
@@ -88,6 +90,11 @@ class Code:
     REQUEST_TIMEOUT: Final = "request_timeout"
     GATEWAY_ERROR: Final = "gateway_error"
     INTERNAL_ERROR: Final = "internal_error"
+    GATEWAY_SILENT: Final = "gateway_silent"
+    SESSION_LOST: Final = "session_lost"
+    SERVER_VERSION_TOO_OLD: Final = "server_version_too_old"
+    DNS_FAILURE: Final = "dns_failure"
+    NOT_A_GATEWAY: Final = "not_a_gateway"
 
     ALL: Final = frozenset(
         {
@@ -106,6 +113,11 @@ class Code:
             REQUEST_TIMEOUT,
             GATEWAY_ERROR,
             INTERNAL_ERROR,
+            GATEWAY_SILENT,
+            SESSION_LOST,
+            SERVER_VERSION_TOO_OLD,
+            DNS_FAILURE,
+            NOT_A_GATEWAY,
         }
     )
 
@@ -177,9 +189,18 @@ class AccountParams(TimeoutParams, frozen=True):
     account: str = ""
 
 
+class ProbeParams(Params, frozen=True):
+    """probe: bytes from the Gateway younger than `window` s prove the session alive at once;
+    otherwise a round trip that bypasses user traffic, failed after `timeout` s of silence."""
+
+    window: Annotated[float, Meta(ge=0, le=MAX_TIMEOUT)] = 10.0
+    timeout: Timeout = 5.0
+
+
 COMMAND_PARAMS: Final[Mapping[str, type[Params]]] = {
     "connect": ConnectParams,
     "ping": TimeoutParams,
+    "probe": ProbeParams,
     "accounts": AccountParams,
     "positions": AccountParams,
     "account_summary": AccountParams,
@@ -258,6 +279,17 @@ class ConnectResult(Struct):
 class PingResult(Struct):
     gateway_time: float
     latency_ms: float
+
+
+class ProbeResult(Struct):
+    """age_ms: age of the newest bytes from the Gateway when answered; sent: the session was quiet
+    so a reqCurrentTime went out past the pacing queue; waited_ms: time spent waiting for bytes;
+    user_backlog: user messages then waiting in ib_async's pacing queue."""
+
+    age_ms: float
+    sent: bool
+    waited_ms: float
+    user_backlog: int
 
 
 class AccountsResult(Struct):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -27,7 +28,9 @@ from typing import Any
 from ib_async import IB
 from ib_async.wrapper import RequestError
 
-from worker import guard
+from worker import guard, ibapi
+from worker.inbound import Inbound
+from worker.liveness import USER_MESSAGES_PER_S, Liveness
 from worker.protocol import (
     Code,
     CommandError,
@@ -35,6 +38,8 @@ from worker.protocol import (
     ConnectResult,
     Event,
     EventName,
+    ProbeParams,
+    ProbeResult,
     event,
 )
 
@@ -57,6 +62,8 @@ CLOSE_AFTER_326_WAIT = 1.0  # s to let the Gateway's close follow its 326 before
 def classify_connect_error(exc: BaseException) -> CommandError:
     """Map what ib_async raised from connectAsync to one protocol error code."""
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if isinstance(exc, socket.gaierror):
+        return CommandError(Code.DNS_FAILURE, f"cannot resolve the Gateway's host name ({text})")
     if isinstance(exc, ConnectionRefusedError):
         return CommandError(
             Code.CONNECTION_REFUSED, f"connection refused ({text}); is the Gateway's API port open?"
@@ -87,7 +94,7 @@ def classify_request_error(command: str, exc: BaseException, timeout: float) -> 
         )
     if isinstance(exc, ConnectionError):
         return CommandError(
-            Code.PEER_CLOSED, f"{command}: the session was lost while waiting ({type(exc).__name__}: {exc})"
+            Code.SESSION_LOST, f"{command}: the session was lost while waiting ({type(exc).__name__}: {exc})"
         )
     return CommandError(Code.INTERNAL_ERROR, f"{command}: {type(exc).__name__}: {exc}")
 
@@ -108,6 +115,9 @@ class Session:
         self._fail: asyncio.Future[CommandError] | None = None
         self._closed = asyncio.Event()  # the current IB's socket was closed by the peer
         self._locks: dict[str, asyncio.Lock] = {}
+        self.liveness: Liveness | None = None
+        self.inbound: Inbound | None = None
+        ibapi.pin_user_pacing(USER_MESSAGES_PER_S)
 
     # ---- state
 
@@ -189,6 +199,13 @@ class Session:
         self.counters["connect_attempts"] += 1
         self._closed = asyncio.Event()
         self._wire(ib)
+        self.liveness = liveness = Liveness(
+            send=lambda: ibapi.send_current_time_request(ib), backlog=lambda: ibapi.pacing_backlog(ib)
+        )
+        ibapi.divert_current_time_replies(ib, liveness.take_reply)
+        self.inbound = inbound = Inbound(
+            ib, on_arrival=liveness.arrived, on_violation=lambda code, msg: self._on_violation(ib, code, msg)
+        )
         fail: asyncio.Future[CommandError] = loop.create_future()
         self._fail = fail
         t0 = time.perf_counter()
@@ -209,6 +226,7 @@ class Session:
         if task in done and not task.cancelled() and task.exception() is None and not fail.done():
             self.phase = Phase.CONNECTED
             self.connected_at = time.monotonic()
+            inbound.session_up()
             self.accounts = ib.managedAccounts()
             self.server_version = ib.client.serverVersion()
             ib.RaiseRequestErrors = True  # after the sync: request errors become gateway_error
@@ -261,6 +279,25 @@ class Session:
         if self._fail is not None and not self._fail.done():
             self._fail.set_result(err)
 
+    def _on_violation(self, ib: IB, code: str, message: str) -> None:
+        """Inbound stopped reading a stream that cannot be (this version of) a Gateway."""
+        if ib is not self.ib:
+            return
+        if self.phase is Phase.CONNECTING:
+            self._set_fail(CommandError(code, message))
+        elif self.phase is Phase.CONNECTED:
+            ibapi.abort_requests(ib, ConnectionError(message))
+            self._lose(code, message)
+
+    def _lose(self, code: str, message: str) -> None:
+        """The connected session is gone: say so once; waiting probes and requests fail."""
+        self.phase = Phase.LOST
+        self.counters["sessions_lost"] += 1
+        log.warning("session lost (%s): %s", code, message)
+        if self.liveness is not None:
+            self.liveness.lost(CommandError(Code.SESSION_LOST, f"probe: the session was lost: {message}"))
+        self._emit(event(EventName.SESSION_LOST, {"code": code, "message": message}))
+
     # ---- ib_async events
 
     def _wire(self, ib: IB) -> None:
@@ -284,10 +321,7 @@ class Session:
                     )
                 )
             elif self.phase is Phase.CONNECTED:
-                self.phase = Phase.LOST
-                self.counters["sessions_lost"] += 1
-                log.warning("session lost: the Gateway closed the socket%s", detail)
-                self._emit(event(EventName.SESSION_LOST))
+                self._lose(Code.PEER_CLOSED, f"the Gateway closed the socket{detail}")
             else:
                 log.info("a lingering socket was closed by the Gateway%s", detail)
 
@@ -303,6 +337,12 @@ class Session:
         ib.client.throttleStart += on_throttle
 
     # ---- requests
+
+    async def probe(self, p: ProbeParams) -> ProbeResult:
+        """Liveness from the session's own traffic; a direct round trip only when it is quiet."""
+        self.require_connected("probe")
+        assert self.liveness is not None
+        return await self.liveness.probe(p.window, p.timeout)
 
     async def call(
         self, command: str, start: Callable[[], Any], timeout: float, *, one_at_a_time: str | None = None

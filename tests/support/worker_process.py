@@ -169,6 +169,14 @@ class WorkerProcess:
     def call(self, command: str, *, wait: float = 10.0, **params: Any) -> Response:
         return self.wait_response(self.submit(command, **params), wait)
 
+    def connect(
+        self, port: int, client_id: int, *, host: str = "127.0.0.1", timeout: float = 30.0, wait: float = 40.0
+    ) -> Response:
+        """connect (readonly) and its answer; `wait` bounds how long the test waits for it."""
+        return self.call(
+            "connect", host=host, port=port, client_id=client_id, readonly=True, timeout=timeout, wait=wait
+        )
+
     # ---- ending
 
     def wait_exit(self, timeout: float = 10.0) -> int:

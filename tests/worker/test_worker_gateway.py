@@ -212,7 +212,8 @@ def test_eof_answers_what_was_read_one_session_for_the_life_of_the_worker(sim: T
 
 
 def test_session_lost_and_ping_on_red(sim: ThreadedSim) -> None:
-    """RED while connected: ping times out per params.timeout; Gateway drop: session_lost."""
+    """RED while connected: ping times out per params.timeout; a Gateway drop ends the requests
+    in flight with session_lost (what the manager maps to SessionLost), probes included."""
     with WorkerProcess(label="test-lost") as w:
         w.wait_ready()
         assert connect(w, sim.port, 14).ok
@@ -223,13 +224,16 @@ def test_session_lost_and_ping_on_red(sim: ThreadedSim) -> None:
         assert ping.error is not None and ping.error.code == Code.REQUEST_TIMEOUT, ping
         assert 0.9 <= took < 1.0 + DEADLINE_MARGIN
         pending = w.submit("ping", timeout=20.0)  # will be cut off by the drop
-        # status is read after the ping, so the ping's task has run (sent its request) first
+        probing = w.submit("probe", window=0.0, timeout=20.0)  # so will a probe
+        # status is read after both, so their tasks have run (sent their requests) first
         in_flight = w.call("status").data
-        assert in_flight is not None and in_flight["in_flight"] == 1
+        assert in_flight is not None and in_flight["in_flight"] == 2
         sim.drop_all()
-        w.wait_event("session_lost", 10)
-        cut = w.wait_response(pending, 10)
-        assert cut.error is not None and cut.error.code == Code.PEER_CLOSED, cut
+        lost = w.wait_event("session_lost", 10)
+        assert lost.data["code"] == Code.PEER_CLOSED
+        for rid in (pending, probing):
+            cut = w.wait_response(rid, 10)
+            assert cut.error is not None and cut.error.code == Code.SESSION_LOST, cut
         after = w.call("ping", timeout=1.0)
         assert after.error is not None and after.error.code == Code.NOT_CONNECTED
         status = w.call("status").data
