@@ -1,8 +1,10 @@
 """`python -m bench [--quick] [--json FILE] [--update-readme]`: what isolation and safety cost.
 
-Targets are reported, not asserted: a MISS does not change the exit status; a crash does
-(exit 1 when a figure group raised: its figures are error rows; 2 on a harness error, e.g. the
-simulator did not start).
+Run at the root of an ibgw-fsm checkout: bench is a repository tool (never installed) and
+measures the fsm, worker and gatewaysim of the checkout it lives in; anywhere else it refuses
+(exit 2, one line). Targets are reported, not asserted: a MISS does not change the exit status;
+a crash does (exit 1 when a figure group raised: its figures are error rows; 2 on a harness
+error, e.g. the simulator did not start).
 """
 
 from __future__ import annotations
@@ -22,7 +24,11 @@ from typing import Any
 
 import anyio
 
+from fsm.diagram import is_checkout
+from fsm.errors import CheckoutError
+
 from . import figures as F
+from .harness import NOTES, Context, SimHost, Sizes
 from .report import (
     ERROR,
     NA,
@@ -33,8 +39,20 @@ from .report import (
     update_readme,
     write_json,
 )
+from .spec import new_figures
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def _checkout() -> Path:
+    """REPO, once it is an ibgw-fsm checkout and the current directory: `python -m bench` then
+    imports this checkout's fsm, worker and gatewaysim, and so do the workers and children it
+    starts (`python -m worker`, `python -m bench.mem_child`)."""
+    if not is_checkout(REPO):
+        raise CheckoutError(f"bench runs from an ibgw-fsm checkout, and {REPO} is not one")
+    if Path.cwd().resolve() != REPO:
+        raise CheckoutError(f"run `python -m bench` at the root of the checkout, {REPO}")
+    return REPO
 
 
 def _load() -> str:
@@ -45,15 +63,15 @@ def _load() -> str:
 
 
 async def run(args: argparse.Namespace) -> tuple[list[Figure], dict[str, Any], int]:
-    sizes = F.Sizes.quick() if args.quick else F.Sizes.full()
-    figs = F.new_figures()
+    sizes = Sizes.quick() if args.quick else Sizes.full()
+    figs = new_figures()
     errors = 0
     wanted = set(args.only.split(",")) if args.only else None
     with tempfile.TemporaryDirectory(prefix="ibgw-bench-") as state_dir:
-        async with F.SimHost() as sim:
+        async with SimHost() as sim:
             # A benchmark must not trip a fault by accident (fast close at shutdown).
             await sim.call("red_on_fast_close", None)
-            ctx = F.Context(sizes=sizes, state_dir=Path(state_dir), sim=sim, backend=args.backend)
+            ctx = Context(sizes=sizes, state_dir=Path(state_dir), sim=sim, backend=args.backend)
             for name, fn, keys in F.GROUPS:
                 if wanted and not (wanted & set(keys)) and name not in wanted:
                     for k in keys:
@@ -72,14 +90,14 @@ async def run(args: argparse.Namespace) -> tuple[list[Figure], dict[str, Any], i
     return list(figs.values()), {"sizes": sizes.__dict__}, errors
 
 
-def _byte_compile() -> None:
+def _byte_compile(root: Path) -> None:
     """Compile our packages' bytecode first, as a (non-editable) pip install does.
 
     ib_async's .pyc files came with its install; ours would otherwise be recompiled from source
     in every spawned worker when PYTHONDONTWRITEBYTECODE is set (~10 ms per spawn), a cost an
     installed deployment does not pay."""
     for pkg in ("fsm", "worker", "gatewaysim", "bench"):
-        compileall.compile_dir(REPO / pkg, quiet=1)
+        compileall.compile_dir(root / pkg, quiet=1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="rewrite the README block between the bench markers with this table",
     )
-    p.add_argument("--readme", type=Path, default=REPO / "README.md", help=argparse.SUPPRESS)
+    p.add_argument("--readme", type=Path, default=None, help=argparse.SUPPRESS)  # tests: a copy
     p.add_argument(
         "--from-json",
         metavar="FILE",
@@ -106,12 +124,18 @@ def main(argv: list[str] | None = None) -> int:
         help="anyio backend of the bench process and the trader-side children",
     )
     args = p.parse_args(argv)
+    try:
+        root = _checkout()
+    except CheckoutError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    readme = args.readme or root / "README.md"
 
     if args.from_json:
         doc = json.loads(args.from_json.read_text())
         figs, meta, errors = figures_from_json(doc), doc["meta"], 0
     else:
-        _byte_compile()
+        _byte_compile(root)
         started = time.monotonic()
         meta = {
             "date": _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
@@ -141,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             "and every baseline; warm-up rounds are discarded; A/B runs alternate in ABBA order",
             f"load average before/after: {meta['load_before']} / {meta['load_after']} "
             "(other work on the machine shows up here)",
-            F.MIN_SESSION_NOTE,
+            *NOTES,
             "ib_async's 45 msg/s throttle (Client.MaxRequests) is left at its default "
             "everywhere, in the worker and in every ib_async baseline; nothing sets "
             "MaxRequests=0. A connect sends a handful of messages, under the limit; pings are "
@@ -155,10 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         write_json(args.json, figs, meta)
     if args.update_readme:
-        if update_readme(args.readme, markdown_table(figs, meta)):
-            print(f"updated the bench block in {args.readme}", file=sys.stderr)
+        if update_readme(readme, markdown_table(figs, meta)):
+            print(f"updated the bench block in {readme}", file=sys.stderr)
         else:
-            print(f"{args.readme}: no such file, or no bench markers in it; left alone", file=sys.stderr)
+            print(f"{readme}: no such file, or no bench markers in it; left alone", file=sys.stderr)
     return 1 if errors else 0
 
 

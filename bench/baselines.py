@@ -106,5 +106,5 @@ async def fresh_connect(host: str, port: int, client_id: int, *, keep: float = 0
 
 async def idle_anyio_rss(settle: float = 0.2, backend: str = "asyncio") -> int:
     """RSS of an anyio process with a running loop and nothing else."""
-    ev = await child_event([PY, "-u", str(HERE / "mem_child.py"), "idle", backend], "ready", settle=settle)
+    ev = await child_event([PY, "-u", "-m", "bench.mem_child", "idle", backend], "ready", settle=settle)
     return int(ev["rss"])

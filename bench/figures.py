@@ -1,20 +1,17 @@
 """The figures: each group measures one or more figures against baselines in the same run.
 
-A group gets a `Context` and fills in its `Figure`s. An exception in a group is a failure of
-that group: the runner reports its figures as error rows and the run exits 1.
+A group gets a `Context` and fills in its `Figure`s (bench/spec.py says what each one is and the
+target that judges it). An exception in a group is a failure of that group: the runner reports
+its figures as error rows and the run exits 1.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 import random
-import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -24,213 +21,27 @@ from fsm.manager import ConnectionManager
 from fsm.settings import Settings
 
 from . import baselines
-from .lineclient import LineClient
-from .report import INFO, NA, Figure
-from .stats import Summary, interleave, ms_since, summarize
+from .harness import (
+    BENCH_MIN_SESSION,
+    HOST,
+    Context,
+    KillSample,
+    history_marks,
+    kill_settings,
+    kill_worker,
+    settings_for,
+    until_stable,
+)
+from .report import INFO, Figure
+from .spec import SILENT_SLACK_MS, WATCHDOG_DEFAULT_S
+from .stats import interleave, ms_since, summarize
 
 MIB = 1024 * 1024
-HOST = "127.0.0.1"
-WATCHDOG_DEFAULT_S = 20.0 + 4.0  # ib_async Watchdog: appTimeout 20 s idle, then probeTimeout 4 s
-FIRST_BACKOFF_S = Settings.__dataclass_fields__["backoff_initial"].default
 
 THROTTLE_NOTE_PACED = (
     "ib_async's 45 msg/s throttle is NOT bypassed: pings go out one per client every "
     "{period:.0f} ms ({rate:.0f}/s) in the worker and in the in-process baseline alike"
 )
-
-
-@dataclass
-class Sizes:
-    """How many samples each figure takes; --quick shrinks all of them."""
-
-    rtt_rounds: int
-    rtt_batch: int
-    ping_rounds: int
-    tp_rounds: int
-    tp_per_caller: int
-    cold_rounds: int
-    kill_rounds: int
-    close_rounds: int
-    silent_rounds: int
-    spare_rounds: int
-    mem_rounds: int
-    core_rounds: int
-    scale_rounds: int
-    scale_ns: tuple[int, ...] = (1, 4, 16)
-    silent_probe: tuple[float, float] | None = None  # (interval, timeout); None = Settings defaults
-
-    @classmethod
-    def quick(cls) -> Sizes:
-        return cls(
-            rtt_rounds=8,
-            rtt_batch=50,
-            ping_rounds=60,
-            tp_rounds=6,
-            tp_per_caller=40,
-            cold_rounds=4,
-            kill_rounds=3,
-            close_rounds=3,
-            silent_rounds=3,
-            spare_rounds=4,
-            mem_rounds=2,
-            core_rounds=5,
-            scale_rounds=1,
-            silent_probe=(1.0, 0.5),
-        )
-
-    @classmethod
-    def full(cls) -> Sizes:
-        return cls(
-            rtt_rounds=20,
-            rtt_batch=100,
-            ping_rounds=400,
-            tp_rounds=12,
-            tp_per_caller=100,
-            cold_rounds=12,
-            kill_rounds=8,
-            close_rounds=8,
-            silent_rounds=4,
-            spare_rounds=12,
-            mem_rounds=5,
-            core_rounds=15,
-            scale_rounds=2,
-            silent_probe=None,
-        )
-
-
-@dataclass
-class Context:
-    sizes: Sizes
-    state_dir: Path
-    sim: SimHost
-    backend: str = "asyncio"
-    next_client_id: int = 100
-    results: dict[str, Any] = field(default_factory=dict)  # shared between groups (cold median)
-    log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr, flush=True)
-
-    def client_id(self, count: int = 1) -> int:
-        cid = self.next_client_id
-        self.next_client_id += count
-        return cid
-
-    @property
-    def port(self) -> int:
-        return self.sim.port
-
-
-# --------------------------------------------------------------------------------------------
-# The simulator, in its own process
-
-
-class SimHost:
-    """`python -m bench.simhost`: one simulator process for every figure and baseline."""
-
-    def __init__(self) -> None:
-        self.client = LineClient([sys.executable, "-u", "-m", "bench.simhost"], stderr_to_null=False)
-        self.port = 0
-
-    async def __aenter__(self) -> SimHost:
-        await self.client.__aenter__()
-        try:
-            ev = await self.client.wait_event("serving", timeout=30)
-        except BaseException:
-            await self.client.__aexit__(None, None, None)
-            raise
-        self.port = int(ev["port"])
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.client.__aexit__(None, None, None)
-
-    async def call(self, name: str, *args: Any) -> dict[str, Any]:
-        """Call a fault control; returns {t0_ns, t1_ns, result} (CLOCK_MONOTONIC ns)."""
-        reply = await self.client.call({"call": name, "args": list(args)}, timeout=30)
-        if reply.get("status") != "success":
-            raise RuntimeError(f"sim.{name}{args}: {reply.get('error')}")
-        return reply["data"]
-
-
-# --------------------------------------------------------------------------------------------
-# Managers for the bench
-
-
-# Shutting a manager down keeps a session until it is min_session old (5 s by default: no fast
-# close). The bench starts and stops dozens of managers, and no figure includes a shutdown, so
-# bench managers use a short min_session; the simulator's red_on_fast_close is off.
-BENCH_MIN_SESSION = 0.25
-MIN_SESSION_NOTE = (
-    f"bench managers use min_session={BENCH_MIN_SESSION:g} s (default 5 s) so a "
-    "shutdown between samples does not wait; no figure includes a shutdown"
-)
-
-
-def settings_for(ctx: Context, client_id: int, **changes: Any) -> Settings:
-    changes.setdefault("min_session", BENCH_MIN_SESSION)
-    return Settings(host=HOST, port=ctx.port, client_id=client_id, state_dir=ctx.state_dir, **changes)
-
-
-@dataclass(frozen=True)
-class KillSample:
-    """One SIGKILL of a manager's session worker, until the manager is CONNECTED again."""
-
-    detect_ms: float  # SIGKILL -> the trader's wait_for(DEGRADED_RED) returns
-    recover_ms: float  # SIGKILL -> the trader's wait_connected() returns
-    respawn_ms: float  # the core's retry (DEGRADED_RED -> SPAWNING) -> CONNECTED, from history
-    ready_ms: float  # of which: retry -> HANDSHAKING (a worker is up and has said `ready`)
-
-
-async def kill_worker(m: ConnectionManager) -> KillSample:
-    """SIGKILL the session worker of a CONNECTED manager and time its way back.
-
-    A crash, not a retirement: min_session does not apply; the core retries after the first
-    backoff step (jitter 0 in the bench)."""
-    pid = m.worker_pid
-    if pid is None or m.state != State.CONNECTED:
-        raise RuntimeError(f"kill_worker needs a CONNECTED manager with a worker ({m.state})")
-    t_kill = time.monotonic_ns()
-    os.kill(pid, signal.SIGKILL)
-    await m.wait_for(State.DEGRADED_RED, timeout=10)
-    detect = ms_since(t_kill)
-    await m.wait_connected(timeout=60)
-    recover = ms_since(t_kill)
-    after = [t for t in m.history if t.at_ns >= t_kill]
-    retry = next((t for t in after if t.source == State.DEGRADED_RED and t.dest == State.SPAWNING), None)
-    if retry is None:
-        raise RuntimeError(
-            f"no retry (DEGRADED_RED -> SPAWNING) in the history after SIGKILL: "
-            f"{[(t.source, t.dest) for t in after]}"
-        )
-    marks = _history_marks([t for t in after if t.at_ns >= retry.at_ns])
-    return KillSample(
-        detect,
-        recover,
-        (marks[State.CONNECTED] - retry.at_ns) / 1e6,
-        (marks[State.HANDSHAKING] - retry.at_ns) / 1e6,
-    )
-
-
-def _history_marks(history: Sequence[Any]) -> dict[State, int]:
-    """First entry time (monotonic ns) into each state, from the core's transition history."""
-    out: dict[State, int] = {}
-    for t in history:
-        out.setdefault(t.dest, int(t.at_ns))
-    return out
-
-
-def _judge_recovery(fig: Figure, recover: Sequence[float], cold: Sequence[float]) -> Summary:
-    """SIGKILL -> CONNECTED against cold median + first backoff step + 100 ms."""
-    value = fig.measured(recover)
-    fig.baseline = summarize(cold)
-    step_ms = 1000 * FIRST_BACKOFF_S
-    budget = fig.baseline.median + step_ms + 100
-    fig.ratio = value.median / budget
-    fig.extra["first backoff step (ms)"] = step_ms
-    fig.extra["budget: cold median + step + 100 ms"] = round(budget, 1)
-    fig.notes.append(
-        "backoff jitter set to 0 for these managers so the first step is exactly backoff_initial"
-    )
-    fig.judge(value.median <= budget)
-    return value
 
 
 # --------------------------------------------------------------------------------------------
@@ -268,13 +79,13 @@ async def group_rtt(ctx: Context, figs: dict[str, Figure]) -> None:
             rounds=sz.tp_rounds,
         )
     fig = figs["status_rtt"]
-    fig.judge(fig.compared(got_rtt["manager"], got_rtt["echo"]) <= 1.5)
+    fig.judge(fig.compared(got_rtt["manager"], got_rtt["echo"]))
     fig.notes.append(
         "`status` is answered by the worker without a Gateway message, so "
         "ib_async's 45 msg/s throttle does not apply"
     )
     fig = figs["throughput_32"]
-    fig.judge(fig.compared(got_tp["manager"], got_tp["echo"]) >= 0.7)
+    fig.judge(fig.compared(got_tp["manager"], got_tp["echo"]))
     fig.extra["requests per round"] = callers * sz.tp_per_caller
     fig.notes.append(
         "back-to-back, unpaced: `status` sends nothing to the Gateway, so "
@@ -316,17 +127,16 @@ async def group_ping(ctx: Context, figs: dict[str, Figure]) -> None:
         )
     fig = figs["ping_rtt"]
     value = fig.measured(out["manager"])
-    fig.baseline = summarize(out["ib"])
-    echo_s = summarize(out["echo"])
-    fig.others = {"bare echo child round trip": echo_s}
-    added = value.median - fig.baseline.median
-    fig.ratio = added / echo_s.median
+    echo_s = fig.baseline = summarize(out["echo"])
+    ib_s = summarize(out["ib"])
+    fig.others = {"in-process ib_async reqCurrentTimeAsync": ib_s}
+    added = value.median - ib_s.median
     fig.extra["added latency median (ms)"] = round(added, 4)
     fig.extra["reqCurrentTime timed inside the worker, median (ms)"] = round(
         summarize(out["inside"]).median, 4
     )
     fig.notes.append(THROTTLE_NOTE_PACED.format(period=period * 1000, rate=1 / period))
-    fig.judge(fig.ratio <= 1.5)
+    fig.judge(added / echo_s.median)
 
 
 # --------------------------------------------------------------------------------------------
@@ -339,26 +149,37 @@ PHASES = (
 )
 
 
+def _kill_extras(fig: Figure, kills: list[KillSample]) -> None:
+    fast = sum(k.fast for k in kills)
+    fig.extra["respawned at once (no backoff step)"] = f"{fast} / {len(kills)}"
+    fig.extra["of which: SPAWNING -> CONNECTED, median (ms)"] = round(
+        summarize([k.respawn_ms for k in kills]).median, 2
+    )
+
+
 async def group_cold(ctx: Context, figs: dict[str, Figure]) -> None:
-    """IDLE -> CONNECTED vs a fresh `import ib_async; IB().connect()`; then SIGKILL the worker."""
+    """IDLE -> CONNECTED vs a fresh `import ib_async; IB().connect()`; then, once the session is
+    stable, SIGKILL the worker and time detection and recovery."""
     sz = ctx.sizes
     calls = 0
+    kills: list[KillSample] = []
 
     async def manager_sample() -> dict[str, float]:
         nonlocal calls
         calls += 1
-        s = settings_for(ctx, ctx.client_id(), backoff_jitter=0.0)
         t0 = time.monotonic_ns()
-        async with ConnectionManager(s) as m:
+        async with ConnectionManager(kill_settings(ctx, ctx.client_id())) as m:
             await m.wait_connected(timeout=60)
             got = {"cold": ms_since(t0)}
-            at = _history_marks(m.history)
+            at = history_marks(m.history)
             steps = (t0, at[State.SPAWNING], at[State.HANDSHAKING], at[State.CONNECTED])
             for name, a, b in zip(PHASES, steps, steps[1:], strict=False):
                 got[name] = (b - a) / 1e6
             # Call 1 is the interleave's warm-up round; the next kill_rounds crash the worker.
             if 1 < calls <= 1 + sz.kill_rounds:
+                await until_stable(m)
                 k = await kill_worker(m)
+                kills.append(k)
                 got.update(detect=k.detect_ms, recover=k.recover_ms)
         return got
 
@@ -375,14 +196,21 @@ async def group_cold(ctx: Context, figs: dict[str, Figure]) -> None:
     ctx.results["recover_ms"] = got["recover"]
 
     fig = figs["cold_connect"]
-    fig.judge(fig.compared(got["cold"], got["fresh"]) <= 1.15)
+    fig.judge(fig.compared(got["cold"], got["fresh"]))
     fig.extra["fresh process: import ib_async median (ms)"] = round(summarize(got["fresh_import"]).median, 1)
     fig.extra["fresh process: IB().connect median (ms)"] = round(summarize(got["fresh_connect"]).median, 1)
     for name in PHASES:
         fig.extra[f"manager: {name} median (ms)"] = round(summarize(got[name]).median, 1)
 
-    figs["detect_kill"].judge(figs["detect_kill"].measured(got["detect"]).median <= 50)
-    _judge_recovery(figs["recovery_kill"], got["recover"], got["cold"])
+    fig = figs["detect_kill"]
+    fig.judge(fig.measured(got["detect"]).median)
+    fig.notes.append("t = the manager's own timestamp of the worker's exit (its transition out of CONNECTED)")
+
+    fig = figs["recovery_kill"]
+    fig.compared(got["recover"], got["cold"])
+    assert fig.value is not None and fig.baseline is not None
+    fig.judge(fig.value.median - fig.baseline.median)
+    _kill_extras(fig, kills)
 
 
 # --------------------------------------------------------------------------------------------
@@ -421,7 +249,7 @@ async def group_gateway_close(ctx: Context, figs: dict[str, Figure]) -> None:
         {"close": lambda: _detect_sim_fault(ctx, "drop_all", None, timeout=10)}, rounds=ctx.sizes.close_rounds
     )
     fig = figs["detect_gateway_close"]
-    fig.judge(fig.measured(got["close"]).median <= 50)
+    fig.judge(fig.measured(got["close"]).median)
     fig.notes.append("t0 = just before the simulator closes every session (sim.drop_all)")
 
 
@@ -443,18 +271,14 @@ async def group_silent(ctx: Context, figs: dict[str, Figure]) -> None:
             / 1000
         )
     value = fig.measured(out)
-    fig.baseline = summarize([WATCHDOG_DEFAULT_S])  # analytic, not measured
-    fig.ratio = value.median / WATCHDOG_DEFAULT_S
+    budget = budget_s + SILENT_SLACK_MS / 1000
+    fig.baseline = summarize([budget])  # analytic, not measured
+    fig.others = {
+        "ib_async Watchdog defaults: 20 s idle + 4 s probe (analytic)": summarize([WATCHDOG_DEFAULT_S])
+    }
     fig.extra["probe interval + probe timeout (s)"] = budget_s
-    fig.extra["worst sample (s)"] = round(value.max, 3)
-    slack = 0.05
-    fig.notes.append(
-        f"PASS needs the median within the budget and every sample within it "
-        f"plus {slack * 1000:.0f} ms of timer wake-up; the fault is injected at "
-        "evenly spread phases of the probe cycle"
-    )
-    fig.judge(value.median <= budget_s and value.max <= budget_s + slack and value.max < WATCHDOG_DEFAULT_S)
-    fig.target = f"<= {budget_s:g} s (probe interval + timeout) and < 24 s"
+    fig.notes.append("the fault is injected at evenly spread phases of the probe cycle")
+    fig.judge(value.max / budget)
     if changes:
         fig.notes.append(
             f"--quick shortens the probe to interval {changes['probe_interval']:g} s"
@@ -472,42 +296,38 @@ async def group_silent(ctx: Context, figs: dict[str, Figure]) -> None:
 # --------------------------------------------------------------------------------------------
 # Warm spare: the manager's own option (Settings.warm_spare)
 
-# One warm-spare manager is killed once per sample. A short stable_period lets its backoff reset
-# between samples, so each respawn waits the first backoff step, as recovery_kill's do.
-SPARE_STABLE_S = 0.1
 
-
-async def _ready_spare(m: ConnectionManager, timeout: float = 30.0) -> Any:
-    """The manager's spare once it has said `ready` and the backoff is back to its first step.
-
-    Polled: neither is a state change the manager publishes."""
+async def _ready_spare(m: ConnectionManager, timeout: float = 30.0) -> int:
+    """The pid of the manager's spare once it has said `ready` (polled: not a state change the
+    manager publishes)."""
     with anyio.fail_after(timeout):
-        while True:
-            spare = m._spare
-            if spare is not None and spare.ready_pid is not None and m.metrics()["failures"] == 0:
-                return spare
+        while (pid := m.spare_pid) is None:
             await anyio.sleep(0.005)
+        return pid
 
 
 async def group_spare(ctx: Context, figs: dict[str, Figure]) -> None:
-    """SIGKILL the session worker of a warm_spare=True manager once its spare is ready: the
-    core's retry -> CONNECTED (adopt the spare, connect through it) vs in-process connectAsync,
-    and SIGKILL -> CONNECTED against recovery_kill's budget."""
+    """SIGKILL the stable session worker of a warm_spare=True manager once its spare is ready:
+    SPAWNING -> CONNECTED (adopt the spare, connect through it) vs in-process connectAsync, and
+    SIGKILL -> CONNECTED."""
     sz = ctx.sizes
-    s = settings_for(ctx, ctx.client_id(), warm_spare=True, backoff_jitter=0.0, stable_period=SPARE_STABLE_S)
+    kills: list[KillSample] = []
+    s = kill_settings(ctx, ctx.client_id(), warm_spare=True)
     async with baselines.ib_child() as ib, ConnectionManager(s) as m:
         await m.wait_connected(timeout=60)
 
         async def spare_sample() -> dict[str, float]:
+            await until_stable(m)
             spare = await _ready_spare(m)
             adopted = m.metrics()["spares_adopted"]
             k = await kill_worker(m)
             now_adopted = m.metrics()["spares_adopted"]
-            if m.worker_pid != spare.pid or now_adopted != adopted + 1:
+            if m.worker_pid != spare or now_adopted != adopted + 1:
                 raise RuntimeError(
-                    f"the ready spare (pid {spare.pid}) was not adopted: worker "
+                    f"the ready spare (pid {spare}) was not adopted: worker "
                     f"{m.worker_pid}, spares_adopted {adopted} -> {now_adopted}"
                 )
+            kills.append(k)
             return {
                 "spare": k.respawn_ms,
                 "spare_recover": k.recover_ms,
@@ -519,17 +339,15 @@ async def group_spare(ctx: Context, figs: dict[str, Figure]) -> None:
             await _ready_spare(m)  # the next spare's start-up must not load the machine meanwhile
             return await baselines.ib_call(ib, "connect", host=HOST, port=ctx.port, client_id=ctx.client_id())
 
-        # Warm-up: the manager's first connect and first spare, and one in-process connect. A
-        # warm-up round of kills would cost a backoff step each and teach nothing new: every
-        # sample adopts a fresh spare process anyway.
+        # Warm-up: the manager's first connect and first spare, and one in-process connect. Every
+        # sample adopts a fresh spare process, so a warm-up round of kills would teach nothing.
         await ib_sample()
         got = await interleave({"spare": spare_sample, "ib": ib_sample}, rounds=sz.spare_rounds, warmup=0)
         counts = m.metrics()
 
     fig = figs["warm_spare"]
-    fig.compared(got["spare"], got["ib"])  # the ratio is context; the target is absolute
-    fig.judge(summarize(got["spare"]).median <= 20)
-    fig.extra["of which: retry -> HANDSHAKING (adopt the ready spare), median (ms)"] = round(
+    fig.judge(fig.compared(got["spare"], got["ib"]))
+    fig.extra["of which: SPAWNING -> HANDSHAKING (adopt the ready spare), median (ms)"] = round(
         summarize(got["adopt"]).median, 2
     )
     fig.extra["of which: HANDSHAKING -> CONNECTED (connect through it), median (ms)"] = round(
@@ -537,26 +355,23 @@ async def group_spare(ctx: Context, figs: dict[str, Figure]) -> None:
     )
     fig.extra["spares spawned / adopted"] = f"{counts['spares_spawned']} / {counts['spares_adopted']}"
     fig.notes.append(
-        "one ConnectionManager with warm_spare=True; per sample: wait until its "
-        "spare has said `ready`, SIGKILL the session worker; value = the core's "
-        "retry (DEGRADED_RED -> SPAWNING) to CONNECTED from the manager's history: "
-        "adopting the spare, then the handshake and start-up sync through it"
-    )
-    fig.notes.append(
-        f"stable_period {SPARE_STABLE_S:g} s on this manager so its backoff "
-        "resets between samples (each retry waits the first step); the bench "
-        "waits for that too, and takes each in-process sample only once the next "
-        "spare is ready, so neither side shares the machine with a spare's start-up"
+        "one ConnectionManager with warm_spare=True; per sample: wait until its session is "
+        "stable and its spare has said `ready`, SIGKILL the session worker; value = the "
+        "manager's entry into SPAWNING to CONNECTED, from its state changes: adopting the "
+        "spare, then the handshake and start-up sync through it; each in-process sample is "
+        "taken once the next spare is ready, so neither side shares the machine with a "
+        "spare's start-up"
     )
 
     fig = figs["recovery_kill_spare"]
-    if "cold_ms" not in ctx.results:
-        fig.unmeasured(NA, "its budget needs the cold connect group in the same run")
-        return
-    value = _judge_recovery(fig, got["spare_recover"], ctx.results["cold_ms"])
-    cold_recovery = summarize(ctx.results["recover_ms"])
-    fig.others = {"recovery_kill (no spare), this run": cold_recovery}
-    fig.extra["saved against recovery_kill, median (ms)"] = round(cold_recovery.median - value.median, 1)
+    value = fig.measured(got["spare_recover"])
+    if "cold_ms" in ctx.results:
+        fig.baseline = summarize(ctx.results["cold_ms"])
+        cold_recovery = summarize(ctx.results["recover_ms"])
+        fig.others = {"recovery_kill (no spare), this run": cold_recovery}
+        fig.extra["saved against recovery_kill, median (ms)"] = round(cold_recovery.median - value.median, 1)
+    fig.judge(value.median)
+    _kill_extras(fig, kills)
     fig.notes.append(
         "the same warm-spare manager and samples as warm_spare; what the spare "
         "saves is the worker's interpreter start and `import ib_async`"
@@ -568,13 +383,14 @@ async def group_spare(ctx: Context, figs: dict[str, Figure]) -> None:
 
 
 async def _managers_child(ctx: Context, n: int) -> dict[str, Any]:
-    """Run `mem_child.py managers n`; returns its report plus child and worker RSS."""
+    """Run `bench.mem_child managers n`; returns its report plus child and worker RSS."""
     cid = ctx.client_id(n)
     return await baselines.child_event(
         [
             sys.executable,
             "-u",
-            str(baselines.HERE / "mem_child.py"),
+            "-m",
+            "bench.mem_child",
             "managers",
             str(n),
             str(ctx.port),
@@ -611,14 +427,14 @@ async def group_memory(ctx: Context, figs: dict[str, Figure]) -> None:
     value = fig.measured([(t - i) / MIB for t, i in zip(got["trader"], got["idle"], strict=False)])
     fig.baseline = summarize([v / MIB for v in got["idle"]])
     fig.others = {"manager process RSS (absolute)": summarize([v / MIB for v in got["trader"]])}
-    fig.judge(value.median <= 15)
+    fig.judge(value.median)
     fig.notes.append(
         "value = RSS of an anyio process running one CONNECTED manager minus the "
         "RSS of an idle anyio process, paired by round"
     )
 
     fig = figs["mem_worker"]
-    fig.judge(fig.compared([v / MIB for v in got["worker"]], [v / MIB for v in got["fresh"]]) <= 1.1)
+    fig.judge(fig.compared([v / MIB for v in got["worker"]], [v / MIB for v in got["fresh"]]))
 
 
 async def group_scale(ctx: Context, figs: dict[str, Figure]) -> None:
@@ -647,9 +463,9 @@ async def group_scale(ctx: Context, figs: dict[str, Figure]) -> None:
         fig.compared(got[f"connect {n}"], got[f"connect {n1}"])
         all_med = summarize(got[f"all {n}"]).median
         rss_med = summarize(got[f"rss {n}"]).median
-        fig.ratio = all_med / one_all
         fig.status = INFO
         fig.extra["all connected (ms)"] = round(all_med, 1)
+        fig.extra["all connected / 1 manager's"] = round(all_med / one_all, 2)
         fig.extra["trader-side RSS over an idle anyio process (MiB)"] = round(rss_med - idle_mib, 2)
         fig.extra["worker RSS each (MiB)"] = round(summarize(got[f"worker {n}"]).median, 1)
         if n > n1:
@@ -734,7 +550,7 @@ async def group_core(ctx: Context, figs: dict[str, Figure]) -> None:
 
     got = await interleave({"core": sample}, rounds=ctx.sizes.core_rounds)
     fig = figs["core_events"]
-    fig.judge(fig.measured(got["core"]).median >= 20_000)
+    fig.judge(fig.measured(got["core"]).median)
     fig.notes.append(
         "a scripted life of 19 inputs (connect, 3 probes, peer close, retry, "
         "worker crash, retry, shutdown) on a fake integer-ns clock; every input, "
@@ -743,120 +559,7 @@ async def group_core(ctx: Context, figs: dict[str, Figure]) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# The figure table: key -> (title, unit, target, baseline label, ratio label), and the groups
-
-RECOVERY_TARGET = "<= cold + 1st backoff + 100 ms"
-RECOVERY_RATIO = "median / (cold median + first backoff step + 100 ms)"
-
-FIGURES: list[tuple[str, str, str, str, str, str]] = [
-    (
-        "cold_connect",
-        "cold connect IDLE->CONNECTED",
-        "ms",
-        "ratio <= 1.15",
-        "fresh process `import ib_async; IB().connect()` to the same sim, spawn -> connected",
-        "manager median / fresh-process median",
-    ),
-    (
-        "warm_spare",
-        "warm spare: connect when a pre-spawned worker is waiting",
-        "ms",
-        "<= 20 ms median",
-        "in-process ib_async connectAsync (timed inside the process)",
-        "spare median / in-process median (context only)",
-    ),
-    (
-        "ping_rtt",
-        "ping manager->worker->sim",
-        "ms",
-        "added <= 1.5 x echo RTT",
-        "in-process ib_async reqCurrentTimeAsync (+ bare echo child, below)",
-        "(manager median - in-process median) / bare echo median",
-    ),
-    (
-        "status_rtt",
-        "manager-only round trip (status)",
-        "ms",
-        "ratio <= 1.5",
-        "bare anyio JSON-lines echo child",
-        "manager median / echo median",
-    ),
-    (
-        "throughput_32",
-        "throughput, 32 callers, status",
-        "req/s",
-        "ratio >= 0.7",
-        "bare echo child, 32 callers",
-        "manager median / echo median",
-    ),
-    ("detect_kill", "detect: worker SIGKILL -> RED", "ms", "<= 50 ms median", "—", ""),
-    ("detect_gateway_close", "detect: Gateway closes session -> RED", "ms", "<= 50 ms median", "—", ""),
-    (
-        "detect_silent",
-        "detect: Gateway goes silent -> RED",
-        "s",
-        "<= probe interval + timeout, < 24 s",
-        "ib_async Watchdog defaults: 20 s idle + 4 s probe (analytic worst case)",
-        "median / Watchdog's 24 s",
-    ),
-    (
-        "recovery_kill",
-        "recovery: worker SIGKILL -> CONNECTED",
-        "ms",
-        RECOVERY_TARGET,
-        "cold connect (this run)",
-        RECOVERY_RATIO,
-    ),
-    (
-        "recovery_kill_spare",
-        "recovery: worker SIGKILL -> CONNECTED, warm spare",
-        "ms",
-        RECOVERY_TARGET,
-        "cold connect (this run)",
-        RECOVERY_RATIO,
-    ),
-    (
-        "mem_manager",
-        "memory: trader RSS added by a manager",
-        "MiB",
-        "<= 15 MiB",
-        "idle anyio process RSS",
-        "",
-    ),
-    (
-        "mem_worker",
-        "memory: worker RSS",
-        "MiB",
-        "ratio <= 1.1",
-        "fresh `import ib_async; IB().connect()` process RSS, connected",
-        "worker median / fresh-process median",
-    ),
-    ("core_events", "core: events/s through the sans-IO machine", "events/s", ">= 20,000", "—", ""),
-    (
-        "scale_1",
-        "scale: 1 manager connecting",
-        "ms",
-        "report",
-        "1 manager",
-        "all-connected time / 1 manager's",
-    ),
-    (
-        "scale_4",
-        "scale: 4 managers at once",
-        "ms",
-        "report",
-        "1 manager (connect time)",
-        "all-connected time / 1 manager's",
-    ),
-    (
-        "scale_16",
-        "scale: 16 managers at once",
-        "ms",
-        "report",
-        "1 manager (connect time)",
-        "all-connected time / 1 manager's",
-    ),
-]
+# The groups, in the order they run
 
 GROUPS: list[tuple[str, Callable[[Context, dict[str, Figure]], Awaitable[None]], list[str]]] = [
     ("core", group_core, ["core_events"]),
@@ -869,10 +572,3 @@ GROUPS: list[tuple[str, Callable[[Context, dict[str, Figure]], Awaitable[None]],
     ("scale", group_scale, ["scale_1", "scale_4", "scale_16"]),
     ("silent gateway", group_silent, ["detect_silent"]),
 ]
-
-
-def new_figures() -> dict[str, Figure]:
-    return {
-        key: Figure(key=key, title=title, unit=unit, target=target, baseline_label=blabel, ratio_label=rlabel)
-        for key, title, unit, target, blabel, rlabel in FIGURES
-    }

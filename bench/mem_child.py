@@ -1,8 +1,10 @@
 """A trader-like process for the memory and scale figures; the parent reads its RSS via psutil.
 
-Run by path: `python bench/mem_child.py idle` is the baseline: an anyio process with a running
+Run as a module from the checkout's root (so the fsm it imports is the checkout's, like the
+bench's own): `python -m bench.mem_child idle` is the baseline: an anyio process with a running
 loop and nothing else.
-`python bench/mem_child.py managers N PORT CLIENT_ID STATE_DIR [BACKEND [MIN_SESSION]]` starts N ConnectionManagers at once (client ids CLIENT_ID..CLIENT_ID+N-1), waits until all are
+`python -m bench.mem_child managers N PORT CLIENT_ID STATE_DIR [BACKEND [MIN_SESSION]]` starts N
+ConnectionManagers at once (client ids CLIENT_ID..CLIENT_ID+N-1), waits until all are
 CONNECTED, sends each a few `status` requests, and prints one JSON line with per-manager connect
 times and worker pids. Both then idle until stdin closes; the managers are then shut down (their
 workers end by process exit).

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .stats import Summary, summarize
+from .target import Target, fmt
 
 PASS, MISS, INFO = "PASS", "MISS", "info"
 NA = "n/a"  # not measured in this run: left out by --only (itself or a group it needs)
@@ -21,26 +22,30 @@ README_END = "<!-- bench:end -->"
 
 @dataclass
 class Figure:
-    """One row of the report: a measured series, its baseline(s), a ratio and a verdict."""
+    """One row of the report: a measured series, its baseline(s), the number its target judges
+    and the verdict."""
 
     key: str
     title: str
     unit: str
-    target: str
+    target: Target | None  # None: reported, not judged
     baseline_label: str = "—"
     value: Summary | None = None
     baseline: Summary | None = None
     baseline_unit: str | None = None
     others: dict[str, Summary] = field(default_factory=dict)
-    ratio: float | None = None
-    ratio_label: str = ""
+    judged: float | None = None  # the number the target judges, in its terms (Target.met)
     status: str = NA
     reason: str | None = None
     notes: list[str] = field(default_factory=list)
     extra: dict[str, float | int | str] = field(default_factory=dict)
 
-    def judge(self, ok: bool) -> None:
-        self.status = PASS if ok else MISS
+    def judge(self, x: float) -> None:
+        """Record the judged number and the verdict of the target on it."""
+        if self.target is None:
+            raise ValueError(f"{self.key} has no target to judge against")
+        self.judged = x
+        self.status = PASS if self.target.met(x) else MISS
 
     def measured(self, samples: Sequence[float]) -> Summary:
         """Set the value from a series of samples; returns its summary."""
@@ -48,25 +53,24 @@ class Figure:
         return self.value
 
     def compared(self, samples: Sequence[float], baseline: Sequence[float]) -> float:
-        """Set the value and the baseline; returns (and sets) the ratio of their medians."""
+        """Set the value and the baseline; returns the ratio of their medians."""
         value = self.measured(samples)
         self.baseline = summarize(baseline)
-        self.ratio = value.median / self.baseline.median
-        return self.ratio
+        return value.median / self.baseline.median
 
     def unmeasured(self, status: str, reason: str) -> None:
         """No value in this run (NA or ERROR), and why."""
         self.status = status
         self.reason = reason
         self.value = self.baseline = None
-        self.ratio = None
+        self.judged = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "key": self.key,
             "title": self.title,
             "unit": self.unit,
-            "target": self.target,
+            "target": self.target.to_dict() if self.target else None,
             "status": self.status,
             "reason": self.reason,
             "value": self.value.to_dict() if self.value else None,
@@ -74,30 +78,30 @@ class Figure:
             "baseline_unit": self.baseline_unit or self.unit,
             "baseline": self.baseline.to_dict() if self.baseline else None,
             "other_baselines": {k: v.to_dict() for k, v in self.others.items()},
-            "ratio": self.ratio,
-            "ratio_label": self.ratio_label,
+            "judged": self.judged,
             "notes": list(self.notes),
             "extra": dict(self.extra),
         }
 
-
-def fmt(value: float | None, unit: str) -> str:
-    """Human number in the figure's unit: three significant digits, thousands separators."""
-    if value is None:
-        return "—"
-    if unit in ("events/s", "req/s"):
-        return f"{value:,.0f}"
-    if unit == "MiB":
-        return f"{value:.1f}"
-    if unit == "s":
-        return f"{value:.2f}"
-    if abs(value) >= 100:
-        return f"{value:.0f}"
-    if abs(value) >= 10:
-        return f"{value:.1f}"
-    if abs(value) >= 1:
-        return f"{value:.2f}"
-    return f"{value:.3f}"
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Figure:
+        """Rebuild a figure from to_dict()'s output (for `--from-json`)."""
+        return cls(
+            key=d["key"],
+            title=d["title"],
+            unit=d["unit"],
+            target=Target.from_dict(d["target"]) if d.get("target") else None,
+            baseline_label=d.get("baseline_label", "—"),
+            value=Summary(**d["value"]) if d.get("value") else None,
+            baseline=Summary(**d["baseline"]) if d.get("baseline") else None,
+            baseline_unit=d.get("baseline_unit"),
+            others={k: Summary(**v) for k, v in d.get("other_baselines", {}).items()},
+            judged=d.get("judged"),
+            status=d["status"],
+            reason=d.get("reason"),
+            notes=list(d.get("notes", [])),
+            extra=dict(d.get("extra", {})),
+        )
 
 
 def _row(fig: Figure) -> list[str]:
@@ -108,19 +112,25 @@ def _row(fig: Figure) -> list[str]:
         v = fig.value
         cells = [fmt(v.median, fig.unit), fmt(v.p90, fig.unit), fmt(v.p99, fig.unit), str(v.n)]
     base = "—" if fig.baseline is None else f"{fmt(fig.baseline.median, bunit)} {bunit}"
-    ratio = "—" if fig.ratio is None else f"{fig.ratio:.2f}"
+    if fig.target is not None and fig.judged is not None:
+        judged = fig.target.show(fig.judged)
+    elif fig.value is not None and fig.baseline is not None and bunit == fig.unit:
+        judged = f"{fig.value.median / fig.baseline.median:.2f} x"  # context for a report-only row
+    else:
+        judged = "—"
     reason = fig.reason or ""
     if len(reason) > 60:
         reason = reason[:57] + "..."
     result = f"{fig.status} ({reason})" if fig.status in (NA, ERROR) else fig.status
-    return [f"{fig.title} [{fig.unit}]", *cells, base, ratio, fig.target, result]
+    target = fig.target.render() if fig.target else "report"
+    return [f"{fig.title} [{fig.unit}]", *cells, base, judged, target, result]
 
 
-HEADERS = ["figure [unit]", "median", "p90", "p99", "n", "baseline (median)", "ratio", "target", "result"]
+HEADERS = ["figure [unit]", "median", "p90", "p99", "n", "baseline (median)", "vs target", "target", "result"]
 
 
 def notes_lines(figures: list[Figure]) -> list[str]:
-    """Per-figure notes: baselines in full, what the ratio is, throttle bypasses, extras."""
+    """Per-figure notes: baselines in full, other baselines, extras, then free notes."""
     out = []
     for fig in figures:
         if fig.status == NA and fig.reason and fig.reason.startswith("not selected"):
@@ -130,8 +140,6 @@ def notes_lines(figures: list[Figure]) -> list[str]:
             parts.append(f"{fig.status}: {fig.reason}")
         if fig.baseline_label and fig.baseline_label != "—":
             parts.append(f"baseline: {fig.baseline_label}")
-        if fig.ratio_label:
-            parts.append(f"ratio = {fig.ratio_label}")
         for name, s in fig.others.items():
             parts.append(
                 f"{name}: median {fmt(s.median, fig.unit)} p90 {fmt(s.p90, fig.unit)} "
@@ -189,7 +197,7 @@ def markdown_table(figures: list[Figure], meta: dict[str, Any]) -> str:
     for fig in figures:
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in _row(fig)) + " |")
     lines.append("")
-    lines.append("Notes (per figure: the baseline, what the ratio is, breakdowns):")
+    lines.append("Notes (per figure: how the baseline is measured, other baselines, breakdowns):")
     lines.append("")
     for note in [*notes_lines(figures), *meta.get("notes", [])]:
         key, sep, rest = note.partition(": ")
@@ -205,27 +213,7 @@ def write_json(path: Path, figures: list[Figure], meta: dict[str, Any]) -> None:
 
 def figures_from_json(doc: dict[str, Any]) -> list[Figure]:
     """Rebuild figures from a saved JSON (for `--update-readme --from-json`)."""
-    out = []
-    for d in doc["figures"]:
-        fig = Figure(
-            key=d["key"],
-            title=d["title"],
-            unit=d["unit"],
-            target=d["target"],
-            baseline_label=d.get("baseline_label", "—"),
-        )
-        fig.value = Summary(**d["value"]) if d.get("value") else None
-        fig.baseline = Summary(**d["baseline"]) if d.get("baseline") else None
-        fig.baseline_unit = d.get("baseline_unit")
-        fig.others = {k: Summary(**v) for k, v in d.get("other_baselines", {}).items()}
-        fig.ratio = d.get("ratio")
-        fig.ratio_label = d.get("ratio_label", "")
-        fig.status = d["status"]
-        fig.reason = d.get("reason")
-        fig.notes = list(d.get("notes", []))
-        fig.extra = dict(d.get("extra", {}))
-        out.append(fig)
-    return out
+    return [Figure.from_dict(d) for d in doc["figures"]]
 
 
 def update_readme(readme: Path, block: str) -> bool:

@@ -1,9 +1,11 @@
-"""`python -m bench --quick` runs and its output is well-formed (not that it is fast)."""
+"""`python -m bench --quick` runs and its output is well-formed (not that it is fast); targets
+render and judge from one value; bench runs only at the root of its checkout."""
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,9 +14,10 @@ import pytest
 
 import bench.__main__ as bench_main
 from bench import figures
-from bench.figures import FIGURES
 from bench.report import README_BEGIN, README_END
+from bench.spec import SPECS
 from bench.stats import abba_order, interleave, percentile, summarize
+from bench.target import Target
 
 REPO = Path(__file__).resolve().parents[2]
 MEASURED = {"PASS", "MISS", "info"}  # a whole run measures every figure: no n/a, no error
@@ -42,7 +45,7 @@ def _is_number(x: object) -> bool:
 def test_every_figure_is_present_and_well_formed(quick_run) -> None:
     _, doc = quick_run
     got = {f["key"]: f for f in doc["figures"]}
-    assert set(got) == {key for key, *_ in FIGURES}
+    assert set(got) == {s.key for s in SPECS}
     for key, fig in got.items():
         assert fig["status"] in MEASURED, f"{key}: {fig['status']} ({fig['reason']})"
         value = fig["value"]
@@ -50,8 +53,13 @@ def test_every_figure_is_present_and_well_formed(quick_run) -> None:
             assert _is_number(value[stat]), f"{key}.{stat} = {value[stat]!r}"
         assert value["n"] >= 1
         assert value["median"] <= value["p90"] <= value["p99"] <= value["max"], key
-        if fig["ratio_label"]:
-            assert _is_number(fig["ratio"]), f"{key}: ratio {fig['ratio']!r} is not a number"
+        if fig["target"] is None:
+            assert fig["status"] == "info" and fig["judged"] is None, key
+        else:
+            target = Target.from_dict(fig["target"])
+            assert fig["target"]["text"] == target.render()
+            assert _is_number(fig["judged"]), f"{key}: judged {fig['judged']!r} is not a number"
+            assert target.met(fig["judged"]) == (fig["status"] == "PASS"), key
         if fig["baseline"] is not None:
             for stat in ("median", "p90", "p99", "n"):
                 assert _is_number(fig["baseline"][stat]), f"{key} baseline {stat}"
@@ -66,6 +74,9 @@ def test_warm_spare_rows_come_from_the_managers_option(quick_run) -> None:
     recovery = got["recovery_kill_spare"]
     assert recovery["value"]["n"] == spare["value"]["n"]  # the same samples
     assert "recovery_kill (no spare), this run" in recovery["other_baselines"]
+    for key in ("recovery_kill", "recovery_kill_spare"):
+        fast, kills = got[key]["extra"]["respawned at once (no backoff step)"].split(" / ")
+        assert int(kills) == got[key]["value"]["n"] and 0 <= int(fast) <= int(kills)
 
 
 def test_meta_says_when_and_where(quick_run) -> None:
@@ -115,6 +126,8 @@ def test_update_readme_rewrites_only_the_block(quick_run, tmp_path: Path) -> Non
     assert "old table" not in block
     assert f"on {doc['meta']['cores']} cores" in block
     assert "| figure [unit] |" in block
+    for fig in doc["figures"]:  # the target text in the README is the one the verdict used
+        assert f"| {fig['target']['text'] if fig['target'] else 'report'} | {fig['status']} |" in block
 
 
 def test_update_readme_without_markers_leaves_the_file_alone(quick_run, tmp_path: Path) -> None:
@@ -177,6 +190,8 @@ async def test_interleave_drops_warmup_and_files_mapped_series() -> None:
 def test_a_failing_group_is_an_error_row_and_exit_1(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    monkeypatch.chdir(REPO)
+
     async def boom(ctx: figures.Context, figs: dict) -> None:
         raise RuntimeError("boom")
 
@@ -189,3 +204,46 @@ def test_a_failing_group_is_an_error_row_and_exit_1(
     assert "RuntimeError: boom" in got["core_events"]["reason"]
     assert {f["status"] for k, f in got.items() if k != "core_events"} == {"n/a"}
     assert "error (RuntimeError: boom)" in capsys.readouterr().out
+
+
+def test_target_renders_and_judges_from_one_value() -> None:
+    ratio = Target("<=", 1.15, "x", "fresh-process ib_async connect")
+    assert ratio.render() == "median <= 1.15 x fresh-process ib_async connect"
+    assert ratio.met(1.15) and not ratio.met(1.16) and ratio.show(1.1234) == "1.123 x"
+    allowance = Target("<=", 100, "ms", "cold connect")
+    assert allowance.render() == "median <= cold connect + 100 ms"
+    assert allowance.met(99.9) and not allowance.met(100.1) and allowance.show(31.26) == "+31.3 ms"
+    floor = Target(">=", 20_000, "events/s", stat="p50")
+    assert floor.render() == "p50 >= 20,000 events/s"
+    assert floor.met(20_000) and not floor.met(19_999)
+    for t in (ratio, allowance, floor):
+        assert Target.from_dict(json.loads(json.dumps(t.to_dict()))) == t
+    with pytest.raises(ValueError, match="baseline"):
+        Target("<=", 2, "x")
+
+
+def _bench(cwd: Path, pythonpath: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bench", "--quick"],
+        cwd=cwd,
+        env={"PYTHONPATH": str(pythonpath), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_bench_refuses_outside_its_checkout_in_one_line(tmp_path: Path) -> None:
+    """A copy of bench/ that is not in a checkout, and a checkout run from elsewhere than its
+    root, are refused before anything is measured or written."""
+    shutil.copytree(REPO / "bench", tmp_path / "bench", ignore=shutil.ignore_patterns("__pycache__"))
+    got = _bench(tmp_path, tmp_path)
+    assert got.returncode == 2 and got.stdout == "", got.stdout + got.stderr
+    assert got.stderr.strip() == f"bench: bench runs from an ibgw-fsm checkout, and {tmp_path} is not one"
+    shutil.copy(REPO / "pyproject.toml", tmp_path)
+    (tmp_path / "diagrams").mkdir()
+    (tmp_path / "sub").mkdir()
+    got = _bench(tmp_path / "sub", tmp_path)
+    assert got.returncode == 2, got.stdout + got.stderr
+    assert got.stderr.strip() == f"bench: run `python -m bench` at the root of the checkout, {tmp_path}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench", "diagrams", "pyproject.toml", "sub"]
