@@ -43,6 +43,7 @@ from worker.protocol import (
     Response,
     decode_command,
     encode,
+    encode_response,
     event,
     failure,
     success,
@@ -76,11 +77,23 @@ class Worker:
         self._loop = asyncio.get_running_loop()
 
     def write(self, msg: Response | Event) -> None:
+        """An event or a protocol error, written at once (chunked too, if it is ever that long)."""
+        for line in encode_response(msg) if isinstance(msg, Response) else [encode(msg)]:
+            self._write_line(line)
+
+    def _write_line(self, line: bytes) -> None:
         try:
-            self._out.write(encode(msg))
+            self._out.write(line)
             self._out.flush()
         except (BrokenPipeError, ValueError, OSError) as exc:
             raise StdoutGone(str(exc)) from exc
+
+    async def write_response(self, resp: Response) -> None:
+        """A response, in chunk lines if it is long; other answers may go between its chunks."""
+        for n, line in enumerate(encode_response(resp)):
+            if n:
+                await asyncio.sleep(0)
+            self._write_line(line)
 
     def emit(self, msg: Event) -> None:
         """For ib_async callbacks: never raise into ib_async's event machinery."""
@@ -129,7 +142,7 @@ class Worker:
         finally:
             self.ctx.counters.in_flight -= 1
         try:
-            self.write(resp)
+            await self.write_response(resp)
         except StdoutGone:
             log.error("stdout is gone; exiting")
             _exit(1)

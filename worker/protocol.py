@@ -10,6 +10,15 @@ Wire shapes (one JSON object per line, UTF-8, ending in "\\n"):
 - response  ``{"id"?: int, "status": "success", "data": {...}}``
             ``{"id"?: int, "status": "error", "error": {"code": str, "message": str, "ib_code"?: int}}``
 - event     ``{"event": str, "data"?: {...}}``
+- chunk     ``{"id": int | null, "chunk": str, "seq": int, "last": bool}``
+
+No line is longer than MAX_LINE_BYTES (1 MiB, newline excluded), in either direction. A response
+whose line would be longer travels as chunk lines: the UTF-8 concatenation of their ``chunk``
+strings, seq 0, 1, ... up to the one with ``last: true``, is the response's own line. Chunks of
+different responses may interleave; each response's arrive in order. A response over
+MAX_RESPONSE_BYTES (64 MiB) is answered ``response_too_large`` instead. Responses and chunks
+write ``"id"`` first, so a reader can recover the id from the first bytes of any line (line_id).
+Reassembler joins chunks on the reading side.
 
 Parameters live only under ``params``: the original bug was ``{"command": "connect", "host": ...}``
 which a lenient worker accepted and then waited on forever. Here the constructors cannot build that
@@ -19,7 +28,7 @@ shape, and the decoder answers it with ``bad_request`` naming the misplaced keys
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Annotated, Any, Final, Literal, TypeVar
 
 import msgspec
@@ -29,10 +38,12 @@ __all__ = [
     "COMMAND_PARAMS",
     "DEFAULT_REQUEST_TIMEOUT",
     "MAX_LINE_BYTES",
+    "MAX_RESPONSE_BYTES",
     "PROTOCOL_VERSION",
     "AccountParams",
     "AccountSummaryResult",
     "AccountsResult",
+    "Chunk",
     "Code",
     "ConnectParams",
     "ConnectResult",
@@ -49,6 +60,7 @@ __all__ = [
     "ProbeResult",
     "ProtocolError",
     "ReadyData",
+    "Reassembler",
     "Request",
     "Response",
     "SummaryRow",
@@ -59,15 +71,19 @@ __all__ = [
     "decode_incoming",
     "decode_request",
     "encode",
+    "encode_response",
     "event",
     "failure",
+    "line_id",
     "parse_params",
     "request",
     "success",
 ]
 
 PROTOCOL_VERSION: Final = 1
-MAX_LINE_BYTES: Final = 1 << 20  # longest accepted line, excluding the newline
+MAX_LINE_BYTES: Final = 1 << 20  # longest line either side writes or accepts, newline excluded
+MAX_RESPONSE_BYTES: Final = 64 << 20  # largest response carried, in chunks (its encoded size)
+CHUNK_ENVELOPE_BYTES: Final = 128  # > len('{"id":-9223372036854775808,"chunk":"","seq":...,"last":false}')
 DEFAULT_REQUEST_TIMEOUT: Final = 10.0  # worker-side bound for a request without params.timeout
 MAX_TIMEOUT: Final = 86_400.0  # a day; keeps loop.call_at away from float overflow
 
@@ -95,6 +111,8 @@ class Code:
     SERVER_VERSION_TOO_OLD: Final = "server_version_too_old"
     DNS_FAILURE: Final = "dns_failure"
     NOT_A_GATEWAY: Final = "not_a_gateway"
+    RESPONSE_TOO_LARGE: Final = "response_too_large"
+    BAD_CHUNK: Final = "bad_chunk"
 
     ALL: Final = frozenset(
         {
@@ -118,6 +136,8 @@ class Code:
             SERVER_VERSION_TOO_OLD,
             DNS_FAILURE,
             NOT_A_GATEWAY,
+            RESPONSE_TOO_LARGE,
+            BAD_CHUNK,
         }
     )
 
@@ -226,11 +246,11 @@ class ErrorInfo(Struct, omit_defaults=True):
     ib_code: int | None = None
 
 
-class Response(Struct, omit_defaults=True):
+class Response(Struct, omit_defaults=True, kw_only=True):
     """Exactly one per request line: success with data, or error with an ErrorInfo."""
 
+    id: int | None = None  # first on the wire (see line_id)
     status: Literal["success", "error"]
-    id: int | None = None
     data: dict[str, Any] | None = None
     error: ErrorInfo | None = None
 
@@ -250,6 +270,15 @@ class Event(Struct, omit_defaults=True):
 
     event: str
     data: dict[str, Any] = {}
+
+
+class Chunk(Struct):
+    """One consecutive slice of a response's encoded line; fields in wire order, id always written."""
+
+    id: int | None
+    chunk: str
+    seq: int
+    last: bool
 
 
 # Typed payloads (for building on the worker side and checking on the manager side with data_as)
@@ -368,6 +397,53 @@ def encode(msg: Request | Response | Event) -> bytes:
     return _encoder.encode(msg) + b"\n"
 
 
+def encode_response(
+    resp: Response, *, max_line: int = MAX_LINE_BYTES, max_total: int = MAX_RESPONSE_BYTES
+) -> list[bytes]:
+    """The lines that carry resp: its own line, or chunk lines when that is over max_line.
+
+    Over max_total, or not encodable (a lone surrogate in a string), it becomes an error response
+    with the same id: the request still gets exactly one answer."""
+    try:
+        line = _encoder.encode(resp)
+    except (UnicodeEncodeError, TypeError, OverflowError) as exc:
+        line = _encoder.encode(failure(Code.INTERNAL_ERROR, f"response not encodable: {exc}", id=resp.id))
+    if len(line) <= max_line:
+        return [line + b"\n"]
+    if len(line) > max_total:
+        too_large = failure(
+            Code.RESPONSE_TOO_LARGE,
+            f"the answer is {len(line)} bytes; at most {max_total} are carried: ask for less (e.g. by account)",
+            id=resp.id,
+        )
+        return [_encoder.encode(too_large) + b"\n"]
+    return list(_chunk_lines(resp.id, line, max_line))
+
+
+def _chunk_lines(rid: int | None, line: bytes, max_line: int) -> Iterator[bytes]:
+    """Slices cut at UTF-8 character boundaries; JSON escaping at most doubles a slice (only " and
+    \\ are escaped again: the line has no control characters), so each chunk line fits max_line."""
+    step = max(4, (max_line - CHUNK_ENVELOPE_BYTES) // 2)
+    start, seq = 0, 0
+    while start < len(line):
+        end = min(start + step, len(line))
+        while end < len(line) and line[end] & 0xC0 == 0x80:  # not inside a multi-byte character
+            end -= 1
+        piece = line[start:end].decode()
+        yield _encoder.encode(Chunk(id=rid, chunk=piece, seq=seq, last=end == len(line))) + b"\n"
+        start, seq = end, seq + 1
+
+
+_LINE_ID = re.compile(rb'\{"id":(-?[0-9]{1,19})[,}]')
+
+
+def line_id(prefix: bytes) -> int | None:
+    """The id of a response or chunk line from its first bytes (the worker writes "id" first), so
+    a line too long to read whole can still fail its own request alone."""
+    m = _LINE_ID.match(prefix)
+    return int(m.group(1)) if m else None
+
+
 # --------------------------------------------------------------------------------------------
 # Decoding
 
@@ -483,21 +559,97 @@ def parse_params(
     return out  # NaN/inf are refused by the Meta bounds (gt/le)
 
 
-def decode_incoming(line: bytes) -> Response | Event:
-    """Manager side: one worker stdout line -> Response or Event; ProtocolError if malformed."""
+def decode_incoming(line: bytes) -> Response | Event | Chunk:
+    """Manager side: one worker stdout line -> Response, Event or Chunk (feed chunks to a
+    Reassembler); ProtocolError if malformed."""
     try:
         obj = msgspec.json.decode(line)
     except _DECODE_FAILURES as exc:
         raise ProtocolError(Code.INVALID_JSON, f"worker sent invalid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise ProtocolError(Code.BAD_REQUEST, f"worker sent {_kind(obj)}, not an object")
-    target: type[Response] | type[Event] = Event if "event" in obj else Response
+    target: type[Response] | type[Event] | type[Chunk] = (
+        Event if "event" in obj else Chunk if "chunk" in obj else Response
+    )
     try:
         return msgspec.convert(obj, target)
     except msgspec.ValidationError as exc:
         raise ProtocolError(
             Code.BAD_REQUEST, f"worker sent a malformed {target.__name__.lower()}: {exc}", _read_id(obj)
         ) from None
+
+
+class Reassembler:
+    """Joins chunk lines back into their response (the reading side of chunking).
+
+    Pieces of different responses may interleave; each response's come in seq order. A response
+    whose pieces exceed max_bytes in total, come out of order, or do not join into a response
+    with their id fails that id alone: feed raises ProtocolError(code, message, id) once and drops
+    the rest of that response's pieces. Other responses are unaffected.
+    """
+
+    def __init__(self, max_bytes: int = MAX_RESPONSE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._parts: dict[int | None, list[bytes]] = {}
+        self._sizes: dict[int | None, int] = {}
+        self._dropping: set[int | None] = set()
+
+    def pending(self) -> list[int | None]:
+        """Ids with a response partly received."""
+        return list(self._parts)
+
+    def clear(self) -> None:
+        """Forget everything (the writer is gone)."""
+        self._parts.clear()
+        self._sizes.clear()
+        self._dropping.clear()
+
+    def feed(self, chunk: Chunk) -> Response | None:
+        """The completed response when this was its last piece, else None."""
+        rid = chunk.id
+        if rid in self._dropping:
+            if chunk.last:
+                self._dropping.discard(rid)
+            return None
+        parts = self._parts.setdefault(rid, [])
+        if chunk.seq != len(parts):
+            self._fail(rid, chunk.last)
+            raise ProtocolError(
+                Code.BAD_CHUNK, f"response {rid}: piece {chunk.seq} arrived, expected {len(parts)}", rid
+            )
+        try:
+            piece = chunk.chunk.encode()
+        except UnicodeEncodeError:
+            self._fail(rid, chunk.last)
+            raise ProtocolError(
+                Code.BAD_CHUNK, f"response {rid}: piece {chunk.seq} is not UTF-8", rid
+            ) from None
+        size = self._sizes.get(rid, 0) + len(piece)
+        if size > self.max_bytes:
+            self._fail(rid, chunk.last)
+            raise ProtocolError(
+                Code.RESPONSE_TOO_LARGE, f"response {rid}: over {self.max_bytes} bytes; dropped", rid
+            )
+        parts.append(piece)
+        self._sizes[rid] = size
+        if not chunk.last:
+            return None
+        del self._parts[rid], self._sizes[rid]
+        try:
+            msg = decode_incoming(b"".join(parts))
+        except ProtocolError as exc:
+            raise ProtocolError(
+                Code.BAD_CHUNK, f"response {rid}: pieces do not join: {exc.message}", rid
+            ) from None
+        if not isinstance(msg, Response) or msg.id != rid:
+            raise ProtocolError(Code.BAD_CHUNK, f"response {rid}: pieces join into something else", rid)
+        return msg
+
+    def _fail(self, rid: int | None, last: bool) -> None:
+        self._parts.pop(rid, None)
+        self._sizes.pop(rid, None)
+        if not last:
+            self._dropping.add(rid)
 
 
 T = TypeVar("T", bound=Struct)

@@ -17,9 +17,11 @@ from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 from worker.protocol import (
+    Chunk,
     Event,
     EventName,
     ProtocolError,
+    Reassembler,
     Request,
     Response,
     decode_incoming,
@@ -47,6 +49,7 @@ class WorkerProcess:
         self._incoming: queue.Queue[Response | Event | ProtocolError | None] = queue.Queue()
         self.events: list[Event] = []
         self.raw_lines: list[bytes] = []
+        self.chunk_lines = 0
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=400)
         self._ids = itertools.count(1)
         self._pending: dict[int, Response] = {}
@@ -62,13 +65,19 @@ class WorkerProcess:
     # ---- reader threads
 
     def _read_stdout(self, pipe: IO[bytes]) -> None:
+        """Lines as the manager reads them: chunk lines are joined into their response."""
+        chunks = Reassembler()
         for line in pipe:
             self.raw_lines.append(line)
             try:
-                msg: Response | Event | ProtocolError = decode_incoming(line)
+                msg: Response | Event | Chunk | ProtocolError | None = decode_incoming(line)
+                if isinstance(msg, Chunk):
+                    self.chunk_lines += 1
+                    msg = chunks.feed(msg)
             except ProtocolError as exc:
                 msg = exc
-            self._incoming.put(msg)
+            if msg is not None:
+                self._incoming.put(msg)
         self._incoming.put(None)
 
     def _read_stderr(self, pipe: IO[bytes]) -> None:
