@@ -35,7 +35,7 @@ import anyio
 import anyio.abc
 import msgspec
 import sniffio
-from hypercorn.config import Config
+from hypercorn.config import Config, Sockets
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 from prometheus_client import make_asgi_app
 
@@ -217,7 +217,8 @@ async def _listen(host: str, port: int, allow_remote: bool) -> socket.socket:
     """A listening socket on host:port; loopback unless allow_remote."""
     _check_port(port)
     try:
-        infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        # "" means every interface, as in socket.bind(("", port))
+        infos = await anyio.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except OSError as exc:
         raise ServeError(f"cannot resolve {host!r}: {exc}") from None
     family, _, _, _, sockaddr = infos[0]
@@ -238,13 +239,20 @@ async def _listen(host: str, port: int, allow_remote: bool) -> socket.socket:
     return sock
 
 
-def _config(sock: socket.socket, access_log: bool) -> Config:
-    config = Config()
-    config.bind = [f"fd://{sock.detach()}"]  # hypercorn adopts our bound socket
-    config.errorlog = log
-    config.accesslog = logging.getLogger(f"{__name__}.access") if access_log else None
-    config.graceful_timeout = SHUTDOWN_GRACE
-    return config
+class _Config(Config):
+    """hypercorn's Config serving on a socket we bound and own: we close it when hypercorn is
+    done, so the port is free the moment serve_health returns, on trio too (where hypercorn
+    leaves its listener to the garbage collector)."""
+
+    def __init__(self, sock: socket.socket, access_log: bool) -> None:
+        super().__init__()
+        self._sock = sock
+        self.errorlog = log
+        self.accesslog = logging.getLogger(f"{__name__}.access") if access_log else None
+        self.graceful_timeout = SHUTDOWN_GRACE
+
+    def create_sockets(self) -> Sockets:
+        return Sockets(secure_sockets=[], insecure_sockets=[self._sock], quic_sockets=[])
 
 
 def _backend_serve() -> Callable[..., Awaitable[None]]:
@@ -288,15 +296,23 @@ async def serve_health(
     """
     sock = await _listen(host, port, allow_remote)
     server = HealthServer(host, sock.getsockname()[1])
-    config = _config(sock, access_log)
+    config = _Config(sock, access_log)
     stop = anyio.Event()
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(_serve, HealthApp(m), config, stop)
-        log.info("health and metrics on %s (/livez /readyz /metrics)", server.url)
-        try:
-            yield server
-        finally:
-            stop.set()
+    body_error: BaseException | None = None
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_serve, HealthApp(m), config, stop)
+            log.info("health and metrics on %s (/livez /readyz /metrics)", server.url)
+            try:
+                yield server
+            except BaseException as exc:  # re-raised below as it is, not in an ExceptionGroup
+                body_error = exc
+            finally:
+                stop.set()
+    finally:
+        sock.close()
+    if body_error is not None:
+        raise body_error
 
 
 async def run_health(
