@@ -176,12 +176,17 @@ class BlockingManager:
         return BlockingIterator(self._portal, sub, sub.close)
 
     def serve_health(
-        self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, allow_remote: bool = False
+        self,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        *,
+        allow_remote: bool = False,
+        access_log: bool = False,
     ) -> AbstractContextManager[HealthServer]:
         """/livez, /readyz and /metrics on the manager's loop while the ``with`` block runs
         (see fsm.health.serve_health)."""
         return self._portal.wrap_async_context_manager(
-            serve_health(self._m, host, port, allow_remote=allow_remote)
+            serve_health(self._m, host, port, allow_remote=allow_remote, access_log=access_log)
         )
 
     def disconnect(self) -> NoReturn:

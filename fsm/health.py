@@ -247,7 +247,7 @@ class _Config(Config):
     def __init__(self, sock: socket.socket, access_log: bool) -> None:
         super().__init__()
         self._sock = sock
-        self.errorlog = log
+        self.errorlog = logging.getLogger(f"{__name__}.server")  # hypercorn's own messages
         self.accesslog = logging.getLogger(f"{__name__}.access") if access_log else None
         self.graceful_timeout = SHUTDOWN_GRACE
 

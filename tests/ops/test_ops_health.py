@@ -3,6 +3,7 @@ real TCP to gatewaysim) driven through faults, on asyncio and trio."""
 
 from __future__ import annotations
 
+import logging
 import socket
 from functools import partial
 from pathlib import Path
@@ -15,7 +16,7 @@ from support.http import HttpConnection, http_get
 from support.manager import assert_clean_exit, fast_settings
 
 from fsm.core import State
-from fsm.errors import IbgwError, RemoteBindRefused, ServeError
+from fsm.errors import IbgwError, RemoteBindRefused, RequestTimeout, ServeError
 from fsm.health import run_health, serve_health
 from fsm.manager import ConnectionManager
 from gatewaysim import GatewaySim
@@ -216,3 +217,26 @@ async def test_bad_addresses_are_typed_errors(tmp_path: Path) -> None:
     with pytest.raises(ServeError, match="cannot resolve"):
         async with serve_health(m, "no-such-host.invalid", 0):
             pass
+
+
+async def test_the_blocks_own_error_comes_out_as_it_is(tmp_path: Path) -> None:
+    m = ConnectionManager(fast_settings(tmp_path, 4002, CID))  # answers from a stopped manager
+    with pytest.raises(RequestTimeout, match="the trader's own"):
+        async with serve_health(m, HOST, 0) as server:
+            assert (await http_get(server.port, "/livez")).status == 503
+            raise RequestTimeout("the trader's own error")
+    with pytest.raises(OSError):
+        await anyio.connect_tcp(HOST, server.port)
+
+
+async def test_access_log_only_when_asked(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    m = ConnectionManager(fast_settings(tmp_path, 4002, CID))
+    caplog.set_level(logging.DEBUG)
+    async with serve_health(m, HOST, 0) as server:
+        for _ in range(3):
+            await http_get(server.port, "/readyz")
+    assert [r for r in caplog.records if "GET /readyz" in r.getMessage()] == []
+    async with serve_health(m, HOST, 0, access_log=True) as server:
+        await http_get(server.port, "/readyz")
+    (line,) = [r for r in caplog.records if "GET /readyz" in r.getMessage()]
+    assert line.name == "fsm.health.access" and "503" in line.getMessage()
