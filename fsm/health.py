@@ -89,15 +89,17 @@ def readiness(metrics: Mapping[str, Any], now: float | None = None) -> Answer:
     """/readyz: 200 when CONNECTED (a session is up and not waiting for IB to restore it);
     otherwise 503 with the state and the reason.
 
-    Inside a maintenance window (``metrics["maintenance"]`` is a dict with at least ``window``
-    and ``until``, epoch seconds — the manager's hook) a missing session is expected: the answer
-    is still 503, but ``status`` is ``"maintenance"``, ``expected`` is true and a ``Retry-After``
-    header says when the window ends. Connected inside a window stays 200 and names the window.
+    Inside a maintenance window (``metrics["maintenance_window"]``: the core's name for the
+    window in force) a missing session is expected: still 503, but ``status`` is
+    ``"maintenance"`` and ``expected`` is true, and when the manager says when the window ends
+    (``metrics["maintenance_ends"]``, epoch seconds) a ``Retry-After`` header says so too.
+    Connected inside a window stays 200 and names the window.
     """
     now = time.time() if now is None else now
     state = metrics["state"]
     since = metrics.get("since_ns")
-    window = metrics.get("maintenance")
+    window = metrics.get("maintenance_window")
+    ends = metrics.get("maintenance_ends")
     ready = state == State.CONNECTED
     body: dict[str, Any] = {
         "status": "ready" if ready else "maintenance" if window else "not_ready",
@@ -106,13 +108,12 @@ def readiness(metrics: Mapping[str, Any], now: float | None = None) -> Answer:
         "reason": metrics.get("reason"),
         "since": None if since is None else round(wall_time(since), 3),
         "client_id": metrics.get("client_id"),
-        "expected": bool(window) and not ready,
-        "maintenance": window,
+        "expected": window is not None and not ready,
+        "maintenance": None if window is None else {"window": window, "ends": ends},
     }
     headers: tuple[tuple[str, str], ...] = ()
-    until = window.get("until") if isinstance(window, Mapping) else None
-    if not ready and isinstance(until, (int, float)):
-        headers = (("retry-after", str(max(1, math.ceil(until - now)))),)
+    if window is not None and not ready and isinstance(ends, (int, float)):
+        headers = (("retry-after", str(max(1, math.ceil(ends - now)))),)
     return Answer(200 if ready else 503, body, headers)
 
 

@@ -42,6 +42,7 @@ COUNTERS: Mapping[str, tuple[str, str]] = {
     "zombies_reaped": ("ibgw_zombies_reaped", "Stale workers of a dead manager ended, proven ours by pid."),
     "workers_spawned": ("ibgw_workers_spawned", "Worker processes adopted for a session."),
     "spawn_failures": ("ibgw_spawn_failures", "Worker processes that could not be started."),
+    "fast_respawns": ("ibgw_fast_respawns", "Respawns without backoff: a stable session's worker died."),
 }
 
 #: Counters that share one family with a label: family -> (help, label, {label value: key}).
@@ -199,12 +200,12 @@ class ManagerCollector:
                 [],
                 [([], latency / 1e9)],
             )
-        if "maintenance" in m:  # hook: present once the manager knows maintenance windows
+        if "maintenance_window" in m:  # from the core that knows maintenance windows
             yield self._gauge(
                 "ibgw_maintenance",
                 "1 inside a maintenance window (IB's daily reset, the Gateway's restart).",
                 [],
-                [([], float(m["maintenance"] is not None))],
+                [([], float(m["maintenance_window"] is not None))],
             )
 
     def _count_transitions(self) -> Counter[tuple[str, str, str]]:

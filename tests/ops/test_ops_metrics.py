@@ -87,8 +87,8 @@ def test_every_series_names_its_manager_and_state_is_one_hot(tmp_path: Path) -> 
 
 
 def test_maintenance_hook_becomes_a_gauge(tmp_path: Path) -> None:
-    inside = CoreSource(tmp_path, maintenance={"window": "ib_daily_reset", "until": 1.0})
-    outside = CoreSource(tmp_path, maintenance=None)
+    inside = CoreSource(tmp_path, maintenance_window="ib-reset")
+    outside = CoreSource(tmp_path, maintenance_window=None)
     for source, expected in ((inside, 1.0), (outside, 0.0)):
         (value,) = [v for name, _, v in samples(source) if name == "ibgw_maintenance"]
         assert value == expected
@@ -122,22 +122,32 @@ def test_ready_only_when_connected(tmp_path: Path) -> None:
 
 
 def test_inside_a_maintenance_window_the_answer_says_so(tmp_path: Path) -> None:
-    window = {"window": "gateway_daily_restart", "until": 1_000.0}
-    source = CoreSource(tmp_path, maintenance=window)
+    source = CoreSource(tmp_path, maintenance_window="gateway-restart", maintenance_ends=1_000.0)
     source.connect()
     source.step("session_lost")
     answer = readiness(source.metrics(), now=900.2)
     assert answer.status == 503
     assert answer.body["status"] == "maintenance" and answer.body["expected"] is True
-    assert answer.body["maintenance"] == window and answer.body["reason"] == "peer_closed"
+    assert answer.body["maintenance"] == {"window": "gateway-restart", "ends": 1_000.0}
+    assert answer.body["reason"] == "peer_closed"
     assert answer.headers == (("retry-after", "100"),)
 
-    connected = CoreSource(tmp_path, maintenance=window)
+    unknown_end = CoreSource(tmp_path, maintenance_window="ib-reset")
+    unknown_end.step("start")
+    answer = readiness(unknown_end.metrics())
+    assert answer.status == 503 and answer.body["status"] == "maintenance" and answer.headers == ()
+
+    connected = CoreSource(tmp_path, maintenance_window="gateway-restart", maintenance_ends=1_000.0)
     connected.connect()
     answer = readiness(connected.metrics(), now=900.0)
-    assert answer.status == 200 and answer.body["status"] == "ready"
-    assert answer.body["maintenance"] == window and answer.body["expected"] is False
+    assert answer.status == 200 and answer.body["status"] == "ready" and answer.body["expected"] is False
+    assert answer.body["maintenance"] == {"window": "gateway-restart", "ends": 1_000.0}
     assert answer.headers == ()
+
+    outside = CoreSource(tmp_path, maintenance_window=None, maintenance_ends=None)
+    outside.step("start")
+    answer = readiness(outside.metrics())
+    assert answer.body["status"] == "not_ready" and answer.body["maintenance"] is None
 
 
 def test_alive_while_running(tmp_path: Path) -> None:
