@@ -234,6 +234,7 @@ async def _listen(host: str, port: int, allow_remote: bool) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(sockaddr)
         sock.listen(socket.SOMAXCONN)  # probes that come before the server's first accept queue
+        sock.setblocking(False)
     except OSError as exc:
         sock.close()
         raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
@@ -242,8 +243,8 @@ async def _listen(host: str, port: int, allow_remote: bool) -> socket.socket:
 
 class _Config(Config):
     """hypercorn's Config serving on a socket we bound and own: we close it when hypercorn is
-    done, so the port is free the moment serve_health returns, on trio too (where hypercorn
-    leaves its listener to the garbage collector)."""
+    done, so the port is free the moment serve_health returns (hypercorn's trio server never
+    closes its listener; only the garbage collector would)."""
 
     def __init__(self, sock: socket.socket, access_log: bool) -> None:
         super().__init__()
