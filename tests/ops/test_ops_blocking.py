@@ -16,7 +16,7 @@ from support.manager import fast_settings
 
 import fsm.blocking
 from fsm.core import Reason, State
-from fsm.errors import BadRequest, DisconnectForbidden, NotConnected
+from fsm.errors import AlreadyRunning, BadRequest, DisconnectForbidden, NotConnected
 from fsm.manager import StateChange
 from gatewaysim.threaded import ThreadedSim, running_in_thread
 
@@ -83,6 +83,8 @@ def test_two_threads_request_at_once(tmp_path: Path, sim: ThreadedSim, backend: 
             m.request("no_such_command")
         with pytest.raises(DisconnectForbidden):
             m.disconnect()
+        with pytest.raises(AlreadyRunning), fsm.blocking.connect(m.settings, backend=backend):
+            pass  # a second manager for the same client id is refused as it starts
         assert m.metrics()["requests_ok"] == 50  # the refusals never reached the worker
     with pytest.raises(NotConnected, match="not running"):
         m.request("ping")
