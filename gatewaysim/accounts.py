@@ -1,51 +1,104 @@
-"""The simulated account book: what every account holds when the Gateway starts, as data.
+"""The simulated account book: positions and cash per account, as data that fills move.
 
-Every account gets the same realistic rows, so that a test can predict them. The broker
-(orders and fills) moves positions and cash from here on.
+Every account starts with the same realistic rows, so a test can predict them: 100 AAPL, 50 MSFT
+and 60,500 USD cash. Positions are marked at each instrument's base price, so account values
+move with fills only (not with every tick) and stay predictable.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import wire
+from .instruments import Instrument, by_con_id
 
-AAPL = wire.Instrument(265598, "AAPL", primary_exchange="NASDAQ")
-MSFT = wire.Instrument(272093, "MSFT", primary_exchange="NASDAQ")
+AAPL = by_con_id(265598)
+MSFT = by_con_id(272093)
+START_CASH = 60_500.0
+# instrument, quantity, average cost
+START_POSITIONS: tuple[tuple[Instrument, float, float], ...] = ((AAPL, 100.0, 150.25), (MSFT, 50.0, 310.10))
+INIT_MARGIN = 0.25  # of the gross position value
+MAINT_MARGIN = 0.20
+LEVERAGE = 4.0  # buying power per unit of available funds
 
 
-@dataclass(frozen=True, slots=True)
-class Holding:
-    """A position at start-up and the price the portfolio rows mark it at."""
-
-    ins: wire.Instrument
+@dataclass(slots=True)
+class Position:
+    ins: Instrument
     quantity: float
     avg_cost: float
-    market_price: float
+    realized_pnl: float = 0.0
+
+    @property
+    def market_price(self) -> float:
+        return self.ins.base_price
+
+    @property
+    def market_value(self) -> float:
+        return self.quantity * self.market_price
 
 
-HOLDINGS: tuple[Holding, ...] = (
-    Holding(AAPL, 100.0, 150.25, 187.40),
-    Holding(MSFT, 50.0, 310.10, 415.20),
-)
+@dataclass(slots=True)
+class Account:
+    name: str
+    cash: float = START_CASH
+    positions: dict[int, Position] = field(default_factory=dict)  # by conId, in the order opened
 
-# tag, value, currency (account summary and account updates)
-ACCOUNT_VALUES: tuple[tuple[str, str, str], ...] = (
-    ("AccountType", "INDIVIDUAL", ""),
-    ("NetLiquidation", "100000.00", "USD"),
-    ("TotalCashValue", "60500.00", "USD"),
-    ("GrossPositionValue", "39500.00", "USD"),
-    ("BuyingPower", "364000.00", "USD"),
-    ("AvailableFunds", "91000.00", "USD"),
-    ("ExcessLiquidity", "92000.00", "USD"),
-    ("InitMarginReq", "9000.00", "USD"),
-    ("MaintMarginReq", "8000.00", "USD"),
-)
+    def values(self) -> list[tuple[str, str, str]]:
+        """(tag, value, currency) rows for the account summary and account updates."""
+        gross = sum(abs(p.market_value) for p in self.positions.values())
+        net = self.cash + sum(p.market_value for p in self.positions.values())
+        init, maint = INIT_MARGIN * gross, MAINT_MARGIN * gross
+        rows = (
+            ("NetLiquidation", net),
+            ("TotalCashValue", self.cash),
+            ("GrossPositionValue", gross),
+            ("BuyingPower", LEVERAGE * (net - init)),
+            ("AvailableFunds", net - init),
+            ("ExcessLiquidity", net - maint),
+            ("InitMarginReq", init),
+            ("MaintMarginReq", maint),
+        )
+        return [("AccountType", "INDIVIDUAL", ""), *((tag, f"{v:.2f}", "USD") for tag, v in rows)]
+
+
+class AccountBook:
+    """Every managed account; fills move positions and cash, and realise PnL when they close."""
+
+    def __init__(self, accounts: tuple[str, ...]) -> None:
+        self.accounts = {name: Account(name) for name in accounts}
+        for acct in self.accounts.values():
+            for ins, qty, cost in START_POSITIONS:
+                acct.positions[ins.con_id] = Position(ins, qty, cost)
+
+    def apply_fill(
+        self, account: str, ins: Instrument, buy: bool, shares: float, price: float, commission: float
+    ) -> float | None:
+        """Book one execution; returns the PnL it realised (None when it only opened or added)."""
+        acct = self.accounts[account]
+        signed = shares if buy else -shares
+        acct.cash -= signed * price + commission
+        pos = acct.positions.setdefault(ins.con_id, Position(ins, 0.0, 0.0))
+        realized: float | None = None
+        if pos.quantity and (pos.quantity > 0) != buy:  # closing (part of) the position
+            closed = min(shares, abs(pos.quantity))
+            realized = closed * (price - pos.avg_cost) * (1 if pos.quantity > 0 else -1) - commission
+            pos.realized_pnl += realized
+            pos.quantity += signed
+            if abs(signed) > closed:  # flipped through zero: the rest opens at this price
+                pos.avg_cost = price
+            elif not pos.quantity:
+                pos.avg_cost = 0.0
+        else:
+            total = pos.quantity + signed
+            pos.avg_cost = (pos.quantity * pos.avg_cost + signed * price + commission) / total
+            pos.quantity = total
+        return realized
 
 
 def earlier_fill(account: str, n: int, day: str) -> wire.Fill:
-    """The one execution each account made before the Gateway started: a manual TWS order
-    (client id 0) bought 10 AAPL at the open. `day` is YYYYmmdd."""
+    """The execution account number `n` made before the Gateway started (already in the start-up
+    positions): a manual TWS order (client id 0) bought 10 AAPL at the open. `day`: YYYYmmdd."""
     return wire.Fill(
         exec_id=f"0000e0d5.65a1b2c3.01.{n + 1:02d}",
         account=account,

@@ -17,8 +17,11 @@ from dataclasses import asdict, replace
 from typing import Any, ClassVar, TypeVar
 
 from . import wire
-from .faults import Faults, check_seconds, check_sync_name, check_window
+from .accounts import AccountBook
+from .broker import Broker
+from .faults import Faults, check_drop_mode, check_seconds, check_sync_name, check_window
 from .observe import CloseRecord, Counters, SessionInfo, SimEvent
+from .orderflow import Desk
 from .scheduler import Scheduler
 from .session import FARMS_OK, TEXT_1100, Session
 
@@ -91,6 +94,8 @@ class Gateway:
         self._components: dict[type[Component], Component] = {}
         self.on_change: Callable[[], None] = lambda: None  # the driver's wake-up
         self.scheduler = Scheduler(clock, self.changed)
+        self.book = AccountBook(self.accounts)
+        self.desk = Desk(self)
         if self.red:
             self.counters.red_episodes += 1
 
@@ -103,6 +108,11 @@ class Gateway:
     @property
     def faults(self) -> Faults:
         return self._faults
+
+    @property
+    def broker(self) -> Broker:
+        """Orders, executions and `placements` (placeOrder messages per orderRef)."""
+        return self.desk.broker
 
     @property
     def held_client_ids(self) -> dict[int, float]:
@@ -167,6 +177,7 @@ class Gateway:
             "client_closes": [{**asdict(c), "peer": list(c.peer)} for c in self.client_closes],
             "faults": asdict(self.faults),
             "events": [str(e) for e in list(self.events)[-50:]],
+            "broker": self.desk.snapshot(),
             **{c.name: c.snapshot() for c in self._components.values()},
         }
 
@@ -255,6 +266,48 @@ class Gateway:
         self.broadcast(*FARMS_OK[0])
         self.emit("farm_flap", f"2103 then 2104 to {n} session(s)")
 
+    def read_only_api(self, on: bool) -> None:
+        """The Gateway's "Read-Only API" setting: placeOrder and cancels get error 321."""
+        self._faults = replace(self._faults, read_only_api=bool(on))
+        self.emit("fault", f"read_only_api={bool(on)}")
+
+    def reject_next_order(self, reason: str = "Simulated rejection") -> None:
+        """The next new order gets error 201 "Order rejected - reason:<reason>" and never exists."""
+        if not reason.isascii():
+            raise ValueError("the reason travels in an error text: ASCII only")
+        self.desk.reject_reasons.append(reason)
+        self.emit("fault", f"reject_next_order reason={reason!r}")
+
+    def drop_on_place(self, mode: str | None) -> None:
+        """The next placeOrder drops its session at once: "before_ack" keeps the order working
+        at the broker, "discard" loses it with the session; None switches it off."""
+        check_drop_mode(mode)
+        self._faults = replace(self._faults, drop_on_place=mode)
+        self.emit("fault", f"drop_on_place={mode}")
+
+    def fill_while_away(self, on: bool) -> None:
+        """Working orders fill at once whenever their client id has no session (and now)."""
+        self._faults = replace(self._faults, fill_while_away=bool(on))
+        self.emit("fault", f"fill_while_away={bool(on)}")
+        if on:
+            self.desk.fill_away()
+
+    def fill_order(self, order_ref: str) -> None:
+        """The market reaches the working order(s) with this orderRef now: a LMT fills at its
+        limit, others at the quote; their client hears it if its session is up."""
+        self.desk.fill(order_ref)
+
+    def partial_fills(self, on: bool) -> None:
+        """Fills take at most the size quoted (taking) or traded (resting) at each tick."""
+        self._faults = replace(self._faults, partial_fills=bool(on))
+        self.desk.broker.partial_fills = bool(on)
+        self.emit("fault", f"partial_fills={bool(on)}")
+
+    def end_of_day(self) -> None:
+        """The trading day ends: working DAY orders are cancelled; GTC orders keep working."""
+        self.desk.end_of_day()
+        self.emit("end_of_day", "DAY orders cancelled")
+
     def broadcast(self, code: int, text: str) -> int:
         """A system message (reqId -1) to every live, handshaken session; none while RED."""
         if self.red:
@@ -311,8 +364,8 @@ class Gateway:
         return None
 
     def next_valid_id(self, client_id: int) -> int:
-        """The order id a new session of `client_id` starts from."""
-        return 1
+        """The order id a new session of `client_id` starts from: above every one it used."""
+        return self.desk.broker.next_valid_id(client_id)
 
     def session_ended(self, s: Session, by_client: str | None) -> None:
         """The driver closed `s`: `by_client` says how the client ended it (None: we did)."""
@@ -327,6 +380,8 @@ class Gateway:
             self._client_closed(s, by_client)
         for c in self._components.values():
             c.session_ended(s)
+        if self._faults.fill_while_away:
+            self.desk.fill_away()
 
     def _client_closed(self, s: Session, how: str) -> None:
         self.counters.client_closes += 1

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from . import wire
-from .accounts import ACCOUNT_VALUES, HOLDINGS, earlier_fill
 from .registry import handler
 from .session import Session
 
@@ -28,19 +27,9 @@ def req_ids(s: Session, f: list[str]) -> None:
 
 @handler(wire.REQ_POSITIONS)
 def req_positions(s: Session, f: list[str]) -> None:
-    for acct in s.gateway.accounts:
-        s.send(*(wire.position(acct, h.ins, h.quantity, h.avg_cost) for h in HOLDINGS))
+    for acct in s.gateway.book.accounts.values():
+        s.send(*(wire.position(acct.name, p.ins, p.quantity, p.avg_cost) for p in acct.positions.values()))
     s.send(wire.position_end())
-
-
-@handler(wire.REQ_OPEN_ORDERS)
-def req_open_orders(s: Session, f: list[str]) -> None:
-    s.send(wire.open_order_end())
-
-
-@handler(wire.REQ_COMPLETED_ORDERS)
-def req_completed_orders(s: Session, f: list[str]) -> None:
-    s.send(wire.completed_orders_end())
 
 
 @handler(wire.REQ_ACCOUNT_UPDATES)
@@ -48,10 +37,14 @@ def req_account_updates(s: Session, f: list[str]) -> None:
     subscribe, account = int(f[2] or 0), f[3]
     if not subscribe:
         return
-    if account in s.gateway.accounts:
-        s.send(*(wire.account_value(tag, value, ccy, account) for tag, value, ccy in ACCOUNT_VALUES))
+    acct = s.gateway.book.accounts.get(account)
+    if acct is not None:
+        s.send(*(wire.account_value(tag, value, ccy, account) for tag, value, ccy in acct.values()))
         s.send(
-            *(wire.portfolio_value(account, h.ins, h.quantity, h.market_price, h.avg_cost) for h in HOLDINGS)
+            *(
+                wire.portfolio_value(account, p.ins, p.quantity, p.market_price, p.avg_cost, p.realized_pnl)
+                for p in acct.positions.values()
+            )
         )
         s.send(wire.account_update_time(datetime.fromtimestamp(s.gateway.wall(), UTC).strftime("%H:%M")))
     s.send(wire.account_download_end(account))
@@ -60,40 +53,25 @@ def req_account_updates(s: Session, f: list[str]) -> None:
 @handler(wire.REQ_ACCOUNT_UPDATES_MULTI)
 def req_account_updates_multi(s: Session, f: list[str]) -> None:
     req_id, account, model = int(f[2]), f[3], f[4]
-    accounts = s.gateway.accounts if account in ("", "All") else (account,)
-    for acct in accounts:
-        if acct in s.gateway.accounts:
-            s.send(
-                *(
-                    wire.account_update_multi(req_id, acct, model, tag, value, ccy)
-                    for tag, value, ccy in ACCOUNT_VALUES
-                )
+    book = s.gateway.book.accounts
+    for acct in book.values() if account in ("", "All") else [book[account]] if account in book else []:
+        s.send(
+            *(
+                wire.account_update_multi(req_id, acct.name, model, tag, value, ccy)
+                for tag, value, ccy in acct.values()
             )
+        )
     s.send(wire.account_update_multi_end(req_id))
-
-
-@handler(wire.REQ_EXECUTIONS)
-def req_executions(s: Session, f: list[str]) -> None:
-    req_id = int(f[2])
-    acct_filter = f[4] if len(f) > 4 else ""
-    symbol_filter = f[6] if len(f) > 6 else ""
-    day = datetime.fromtimestamp(s.gateway.wall(), UTC).strftime("%Y%m%d")
-    for n, acct in enumerate(s.gateway.accounts):
-        fill = earlier_fill(acct, n, day)
-        if (acct_filter and acct != acct_filter) or (symbol_filter and symbol_filter != fill.ins.symbol):
-            continue
-        s.send(wire.execution(s.version, req_id, fill), wire.commission_report(fill))
-    s.send(wire.execution_end(req_id))
 
 
 @handler(wire.REQ_ACCOUNT_SUMMARY)
 def req_account_summary(s: Session, f: list[str]) -> None:
     req_id, tags = int(f[2]), set(f[4].split(",")) if len(f) > 4 else set()
-    for acct in s.gateway.accounts:
+    for acct in s.gateway.book.accounts.values():
         s.send(
             *(
-                wire.account_summary(req_id, acct, tag, value, ccy)
-                for tag, value, ccy in ACCOUNT_VALUES
+                wire.account_summary(req_id, acct.name, tag, value, ccy)
+                for tag, value, ccy in acct.values()
                 if not tags or tag in tags
             )
         )
@@ -120,7 +98,6 @@ for _msg_id in (
     wire.CANCEL_ACCOUNT_SUMMARY,
     wire.CANCEL_POSITIONS,
     wire.CANCEL_ACCOUNT_UPDATES_MULTI,
-    wire.REQ_AUTO_OPEN_ORDERS,
     wire.START_API,
 ):
     handler(_msg_id)(_no_reply)

@@ -11,6 +11,7 @@ import re
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 HELLO_PREFIX = b"API\0"
 MAX_FRAME = 16 * 1024 * 1024  # far above anything a client sends; larger means garbage
@@ -257,28 +258,30 @@ def current_time(epoch_seconds: int) -> bytes:
     return encode_msg(CURRENT_TIME, 1, epoch_seconds)
 
 
-@dataclass(frozen=True, slots=True)
-class Instrument:
-    """The contract fields the simulator's rows need."""
-
-    con_id: int
-    symbol: str
-    sec_type: str = "STK"
-    exchange: str = "SMART"
-    primary_exchange: str = "NASDAQ"
-    currency: str = "USD"
-    multiplier: str = ""
+class Listing(Protocol):
+    """The contract fields a row carries (instruments.Instrument provides them)."""
 
     @property
-    def local_symbol(self) -> str:
-        return self.symbol
-
+    def con_id(self) -> int: ...
     @property
-    def trading_class(self) -> str:
-        return "NMS" if self.sec_type == "STK" else self.symbol
+    def symbol(self) -> str: ...
+    @property
+    def sec_type(self) -> str: ...
+    @property
+    def exchange(self) -> str: ...
+    @property
+    def primary_exchange(self) -> str: ...
+    @property
+    def currency(self) -> str: ...
+    @property
+    def multiplier(self) -> str: ...
+    @property
+    def local_symbol(self) -> str: ...
+    @property
+    def trading_class(self) -> str: ...
 
 
-def position(account: str, ins: Instrument, qty: float, avg_cost: float) -> bytes:
+def position(account: str, ins: Listing, qty: float, avg_cost: float) -> bytes:
     """POSITION_DATA: exactly 16 fields (ib_async unpacks it as a strict tuple)."""
     return encode_msg(
         POSITION_DATA,
@@ -318,7 +321,7 @@ def account_value(key: str, value: str, currency: str, account: str) -> bytes:
 
 
 def portfolio_value(
-    account: str, ins: Instrument, qty: float, market_price: float, avg_cost: float, realized_pnl: float = 0.0
+    account: str, ins: Listing, qty: float, market_price: float, avg_cost: float, realized_pnl: float = 0.0
 ) -> bytes:
     """PORTFOLIO_VALUE: 20 fields, primaryExchange in the exchange slot as TWS sends it."""
     market_value = round(qty * market_price, 2)
@@ -365,21 +368,30 @@ def account_update_multi_end(req_id: int) -> bytes:
     return encode_msg(ACCOUNT_UPDATE_MULTI_END, 1, req_id)
 
 
+UNSET_DOUBLE = "1.7976931348623157E308"  # IB's "no value" for doubles, as TWS sends it
+UNSET_INTEGER = 2147483647
+
+
 @dataclass(frozen=True, slots=True)
 class Fill:
-    """One execution of the day, for the reqExecutions reply."""
+    """One execution: live (reqId -1) or replayed by reqExecutions, and its commission report.
+    `cum_qty`/`avg_price`: the order's totals after this fill (None: this fill alone)."""
 
     exec_id: str
     account: str
-    ins: Instrument
+    ins: Listing
     side: str  # BOT / SLD
     shares: float
     price: float
-    time: str  # "YYYYmmdd HH:MM:SS UTC"
+    time: str  # "YYYYmmdd HH:MM:SS <zone>"
     order_id: int = 0
     perm_id: int = 0
     client_id: int = 0
     commission: float = 1.0
+    order_ref: str = ""
+    cum_qty: float | None = None
+    avg_price: float | None = None
+    realized_pnl: float | None = None
 
 
 def execution(server_version: int, req_id: int, f: Fill) -> bytes:
@@ -409,9 +421,9 @@ def execution(server_version: int, req_id: int, f: Fill) -> bytes:
         f.perm_id,
         f.client_id,
         0,
-        f.shares,
-        f.price,
-        "",
+        f.shares if f.cum_qty is None else f.cum_qty,
+        f.price if f.avg_price is None else f.avg_price,
+        f.order_ref,
         "",
         "",
         "",
@@ -423,7 +435,9 @@ def execution(server_version: int, req_id: int, f: Fill) -> bytes:
 
 
 def commission_report(f: Fill) -> bytes:
-    return encode_msg(COMMISSION_REPORT, 1, f.exec_id, f.commission, f.ins.currency, "", "", "")
+    """COMMISSION_REPORT: exactly 8 fields (ib_async unpacks a strict tuple; 9 is dropped)."""
+    pnl = UNSET_DOUBLE if f.realized_pnl is None else round(f.realized_pnl, 2)
+    return encode_msg(COMMISSION_REPORT, 1, f.exec_id, f.commission, f.ins.currency, pnl, UNSET_DOUBLE, "")
 
 
 def execution_end(req_id: int) -> bytes:

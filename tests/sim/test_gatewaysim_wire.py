@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from gatewaysim import wire
 from gatewaysim.faults import Faults
+from gatewaysim.instruments import by_con_id
 
 
 def test_client_hello_matches_capture() -> None:
@@ -42,10 +43,10 @@ def test_startup_messages_have_exact_field_counts() -> None:
     # ib_async unpacks 9 and 15 as exactly 3 fields, 61 as exactly 16
     assert wire.next_valid_id(1)[4:].split(b"\0")[:-1] == [b"9", b"1", b"1"]
     assert wire.managed_accounts(["DU1", "DU2"])[4:].split(b"\0")[:-1] == [b"15", b"1", b"DU1,DU2"]
-    pos = wire.position("DU1", wire.Instrument(265598, "AAPL"), 100.0, 150.25)
+    ins = by_con_id(265598)
+    pos = wire.position("DU1", ins, 100.0, 150.25)
     assert len(pos[4:].split(b"\0")[:-1]) == 16
     assert wire.completed_orders_end()[4:] == b"102\0"
-    ins = wire.Instrument(265598, "AAPL")
     assert len(wire.portfolio_value("DU1", ins, 1.0, 2.0, 1.5)[4:].split(b"\0")[:-1]) == 20
     fill = wire.Fill("e1", "DU1", ins, "BOT", 1.0, 2.0, "20250101 13:30:00 UTC")
     assert len(wire.execution(178, 3, fill)[4:].split(b"\0")[:-1]) == 32
