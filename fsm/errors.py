@@ -70,6 +70,18 @@ class AlreadyRunning(IbgwError):
     """Another live manager holds the lock for this host/port/client id."""
 
 
+class MaintenanceWindow(IbgwError):
+    """A new order was refused inside a maintenance window (IB's nightly reset, the Gateway's
+    daily restart): its answer could be lost with the session. Allow it explicitly to send it."""
+
+    def __init__(self, window: str, message: str | None = None) -> None:
+        super().__init__(
+            message
+            or f"new orders are refused inside the maintenance window {window!r}; allow them explicitly"
+        )
+        self.window = window
+
+
 class UnknownHost(SettingsError):
     """The Gateway host name does not resolve (or is not a valid name); nothing was started."""
 
