@@ -18,6 +18,10 @@ Rules the table below encodes (each one a property test in tests/test_core_*.py)
   is respawned at once (guard `stable_session`): the Gateway was fine, our process was not. The
   new worker has no stable session yet, so a second failure backs off as above and a crash loop
   can never cycle faster than the backoff.
+- Maintenance windows (IB's nightly reset, the Gateway's daily restart) are an input:
+  `maintenance(now, window)` with `fsm.maintenance.in_window(settings, wall)`. Inside one, state
+  changes carry the window (`Transition.expected` for the Gateway's and IB's reasons) and every
+  retry is due within `maintenance_backoff_max`, so the session is back as soon as the Gateway is.
 - At most one live worker: a retry retires the old one and spawns only after `worker_exited`.
 
 Time order: an input first fires the *expiries* due at its `now` (spawn, handshake and probe
@@ -41,6 +45,7 @@ from transitions import Machine, MachineError
 from transitions import State as _MachineState
 
 from .errors import InvalidEvent
+from .maintenance import Window
 from .settings import Settings
 
 
@@ -63,6 +68,19 @@ class Reason(StrEnum):
     spawn_timeout = "spawn_timeout"
     shutdown = "shutdown"
 
+
+GATEWAY_REASONS = frozenset(
+    {
+        Reason.api_unresponsive,
+        Reason.refused,
+        Reason.client_id_in_use,
+        Reason.peer_closed,
+        Reason.connectivity_lost,
+        Reason.probe_failed,
+    }
+)
+"""Reasons IB or the Gateway cause (a maintenance window explains them); the rest are our own
+process or the owner."""
 
 HANDSHAKE_FAILURES = frozenset(
     {Reason.api_unresponsive, Reason.refused, Reason.client_id_in_use, Reason.peer_closed}
@@ -123,13 +141,19 @@ Action = SpawnWorker | SendConnect | SendProbe | RetireWorker | ReapZombies | No
 class Transition:
     """One state change: for edges into DEGRADED_RED `reason` is why; for a fast respawn,
     worker_exited; for other edges out of DEGRADED_RED, the reason being left; for shutdown,
-    Reason.shutdown."""
+    Reason.shutdown. `window` names the maintenance window it happened in."""
 
     at_ns: int
     source: State
     event: str
     dest: State
     reason: Reason | None
+    window: str | None = None
+
+    @property
+    def expected(self) -> bool:
+        """Inside a maintenance window, for a reason IB or the Gateway causes: no alarm."""
+        return self.window is not None and self.reason in GATEWAY_REASONS
 
 
 # ---- the transition table ------------------------------------------------------------------------
@@ -148,6 +172,7 @@ class Edge(NamedTuple):
 
 IDLE, SPAWNING, HANDSHAKING, CONNECTED, RED = State
 RUNNING = (SPAWNING, HANDSHAKING, CONNECTED, RED)
+EVERYWHERE = (IDLE, *RUNNING)
 
 TABLE: tuple[Edge, ...] = (
     # source       event                    dest          guards                                  do
@@ -200,6 +225,8 @@ TABLE: tuple[Edge, ...] = (
     Edge(RED, "retry", SPAWNING, ("backoff_elapsed", "min_session_elapsed"), ("_count_retry",)),
     # shutdown from anywhere: retire the worker by process exit
     Edge(RUNNING, "shutdown", IDLE),
+    # a maintenance window opens or closes: tags what follows, caps the backoff
+    Edge(EVERYWHERE, "maintenance", None, (), ("_set_window",)),
 )
 
 EVENTS = (
@@ -214,6 +241,7 @@ EVENTS = (
     "probe_ok",
     "probe_failed",
     "shutdown",
+    "maintenance",
 )
 """Inputs from the driver (each a ConnectionCore method); the rest of TABLE's events are timers."""
 
@@ -288,6 +316,9 @@ class _Model:
         self.pending: Reason | None = None
         self.arg_pid: int | None = None
         self.arg_data_lost = False
+        self.arg_window: Window | None = None
+        self.window: Window | None = None  # the maintenance window in force
+        self.maintenance_cap_s = settings.maintenance_backoff_max
         # worker and session
         self.reason: Reason | None = None
         self.alive = False  # a worker is spawned and not reported exited
@@ -425,6 +456,11 @@ class _Model:
         if self.arg_data_lost:
             self.out.append(NotifyDataLost())
 
+    def _set_window(self) -> None:
+        self.window = self.arg_window
+        if self.window is not None and self.retry_at is not None:
+            self.retry_at = min(self.retry_at, self.now + self._delay_ns())
+
     def _reset_backoff(self) -> None:
         self.failures = 0
         self.backoff_s = 0.0
@@ -503,8 +539,19 @@ class _Model:
             if self.failures == 1
             else min(self.backoff_s * s.backoff_multiplier, s.backoff_max)
         )
-        delay = self.backoff_s * (1 + self.rng.uniform(-s.backoff_jitter, s.backoff_jitter))
-        self.retry_at = self.now + max(1, _ns(delay))
+        self.retry_at = self.now + self._delay_ns()
+
+    def _delay_ns(self) -> int:
+        """The jittered backoff; inside a maintenance window its base is held to
+        cap / (1 + jitter), so even the jittered delay stays within the cap."""
+        jitter = self.settings.backoff_jitter
+        base = self.backoff_s
+        if self.window is not None:
+            base = min(base, self.maintenance_cap_s / (1 + jitter))
+        delay = _ns(base * (1 + self.rng.uniform(-jitter, jitter)))
+        if self.window is not None:
+            delay = min(delay, _ns(self.maintenance_cap_s))  # float rounding
+        return max(1, delay)
 
     def _record(self) -> None:
         """Last entry callback of every state: time accounting and history."""
@@ -517,7 +564,8 @@ class _Model:
         if self.entered_at is not None:
             self.time_in[self.source] += self.now - self.entered_at
         self.entered_at = self.now
-        self.history.append(Transition(self.now, self.source, self.event, self.state, reason))
+        window = self.window.name if self.window is not None else None
+        self.history.append(Transition(self.now, self.source, self.event, self.state, reason, window))
 
 
 _STATE_HOOKS = {
@@ -560,6 +608,11 @@ class ConnectionCore:
     def reason(self) -> Reason | None:
         """Why the machine is in DEGRADED_RED; None in every other state."""
         return self._m.reason
+
+    @property
+    def window(self) -> Window | None:
+        """The maintenance window in force (last given to maintenance()), or None."""
+        return self._m.window
 
     @property
     def client_id(self) -> int:
@@ -610,6 +663,7 @@ class ConnectionCore:
             "sessions": m.sessions,
             "retries": m.retries,
             "fast_respawns": m.fast_respawns,
+            "maintenance_window": m.window.name if m.window is not None else None,
             "red_episodes": m.red_episodes,
             "red_by_reason": {r.value: n for r, n in m.red_by_reason.items()},
             "client_id_in_use": m.red_by_reason[Reason.client_id_in_use],
@@ -662,6 +716,15 @@ class ConnectionCore:
     def shutdown(self, now: int) -> list[Action]:
         """From any state to IDLE, retiring a live worker; in IDLE a no-op."""
         return self._handle("shutdown", now)
+
+    def maintenance(self, now: int, window: Window | None) -> list[Action]:
+        """The maintenance window in force from `now` (None: none), as
+        `fsm.maintenance.in_window(settings, wall)` says; call it at start and at every
+        `next_change()`. Valid in every state; a repeat changes nothing."""
+        if window is not None and not isinstance(window, Window):
+            raise TypeError(f"window must be a fsm.maintenance.Window or None, got {window!r}")
+        self._m.arg_window = window
+        return self._handle("maintenance", now)
 
     def tick(self, now: int) -> list[Action]:
         """Fire every deadline due at `now` (call it at next_deadline())."""

@@ -57,11 +57,20 @@ class AlwaysRespawnsAtOnce(ConnectionCore):
         self._m.stable_session = lambda: True  # type: ignore[method-assign]
 
 
+class UncappedInWindows(ConnectionCore):
+    """Ignores maintenance windows when it backs off (a nightly reset waits up to 120 s)."""
+
+    def __init__(self, settings: Settings, *, rng: random.Random | None = None) -> None:
+        super().__init__(settings, rng=rng)
+        self._m.maintenance_cap_s = 1e9
+
+
 MUTANTS = {
     "handshake deadline": (Handshake31s, r"handshake deadline armed 31\.0 s|SendConnect\.timeout 31\.0"),
     "client id": (NewClientIdOnRetry, "client id"),
     "disconnect": (DisconnectEdge, "disconnect"),
     "fast respawn": (AlwaysRespawnsAtOnce, "without a stable session"),
+    "maintenance cap": (UncappedInWindows, "inside a window the retry is"),
 }
 
 FIND_SETTINGS = settings(PROPERTY_SETTINGS, max_examples=2000, phases=[Phase.generate])

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import itertools
 import random
+from datetime import time
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -32,6 +34,7 @@ from fsm.core import (
     Transition,
 )
 from fsm.errors import InvalidEvent
+from fsm.maintenance import Window
 from fsm.settings import Settings
 
 S = 1_000_000_000
@@ -40,6 +43,8 @@ CID = SETTINGS.client_id
 HANDSHAKE_NS = 30 * S
 STABLE_NS = 60 * S
 MIN_SESSION_NS = 5 * S
+CAP_NS = 5 * S  # maintenance_backoff_max
+WINDOW = Window("test-window", time(23, 0), time(1, 0), ZoneInfo("UTC"))  # the core only names it
 JITTER = SETTINGS.backoff_jitter
 IDLE, SPAWNING, HANDSHAKING, CONNECTED, RED = State
 RUNNING = (SPAWNING, HANDSHAKING, CONNECTED, RED)
@@ -124,6 +129,8 @@ def call(core: ConnectionCore, event: str, now: int, arg: object = None) -> list
         return core.handshake_failed(now, Reason.refused if arg is None else arg)
     if event == "connectivity_restored":
         return core.connectivity_restored(now, bool(arg))
+    if event == "maintenance":
+        return core.maintenance(now, WINDOW if arg else None)
     if event in EVENTS:
         return getattr(core, event)(now)
     return core._handle(event, now)
@@ -157,6 +164,11 @@ class Driver:
         self.connected_since: int | None = None
         self.stable_seen = False  # this worker's session stayed CONNECTED for STABLE_NS
         self.failure: tuple[int, str] | None = None  # first failure since the session was up
+        # maintenance windows: every record carries the window in force; inside one a retry
+        # is due within CAP_NS, and a retry may come as early as the capped backoff allows
+        self.window: Window | None = None
+        self.tagged = 0  # history records whose window tag was checked
+        self.window_since_armed = False
 
     # ---- stimuli ----
     def fire(self, event: str, arg: object = None) -> bool:
@@ -164,6 +176,8 @@ class Driver:
         core, now = self.core, self.now
         before = self.snapshot()
         expected = core.accepts(event, now)
+        if event == "maintenance":
+            self.check_tags()
         try:
             actions = call(core, event, now, arg)
         except InvalidEvent:
@@ -181,6 +195,10 @@ class Driver:
             self.socket_lost = True
         elif event == "handshake_ok":
             self.session_at, self.socket_lost = now, False
+        elif event == "maintenance":
+            self.check_tags()  # expiries it fired first ran under the old window
+            self.window = WINDOW if arg else None
+            self.window_since_armed |= self.window is not None
         self.perform(actions)
         return True
 
@@ -276,6 +294,14 @@ class Driver:
                 )
         self.failure, self.stable_seen, self.connected_since = None, False, None
 
+    def check_tags(self) -> None:
+        history = list(self.core.history)
+        name = self.window.name if self.window is not None else None
+        for t in history[self.tagged :]:
+            assert t.window == name, f"{t} is tagged {t.window!r}, the window in force is {name!r}"
+            assert not t.expected or t.window is not None, f"{t} expected outside a window"
+        self.tagged = len(history)
+
     def snapshot(self) -> tuple:
         c = self.core
         return (
@@ -312,9 +338,12 @@ class Driver:
                 assert self.retry_at is not None and t.at_ns >= self.retry_at, (
                     f"retry at {t.at_ns} before its backoff deadline {self.retry_at}"
                 )
-                assert t.at_ns - self.armed_at >= (1 - JITTER) * self.armed_backoff - 1, (
+                floor = self.armed_backoff
+                if self.window_since_armed:  # a window caps the base at CAP / (1 + jitter)
+                    floor = min(floor, CAP_NS / (1 + JITTER))
+                assert t.at_ns - self.armed_at >= (1 - JITTER) * floor - 1, (
                     f"retry {(t.at_ns - self.armed_at) / S} s after arming a "
-                    f"{self.armed_backoff / S} s backoff"
+                    f"{self.armed_backoff / S} s backoff (window: {self.window_since_armed})"
                 )
             self.last_dest, self.last_at = t.dest, t.at_ns
         self.seen = len(history)
@@ -328,9 +357,18 @@ class Driver:
             assert self.stable_since_last_check(history, now), (
                 f"backoff shrank {self.backoff} -> {m['backoff_ns']} without a stable session"
             )
+        self.check_tags()
         if m["retry_at_ns"] is not None and self.retry_at is None:  # newly armed
             self.armed_at, self.armed_backoff = now, m["backoff_ns"]
+            self.window_since_armed = self.window is not None
             assert m["backoff_ns"] > 0, "a retry deadline armed with no backoff"
+        if self.window is not None and m["retry_at_ns"] is not None:
+            held = 0  # a young session holds the retry back (min_session)
+            if self.session_at is not None and self.live and not self.socket_lost:
+                held = self.session_at + MIN_SESSION_NS
+            assert m["retry_at_ns"] <= max(now + CAP_NS, held), (
+                f"inside a window the retry is {(m['retry_at_ns'] - now) / S} s away"
+            )
         self.retry_at = m["retry_at_ns"]
         self.backoff = m["backoff_ns"]
         self.checked_until = now
@@ -360,7 +398,12 @@ class CoreMachine(RuleBasedStateMachine):
         data_lost=st.booleans(),
     )
     def fire(self, event: str, pid: int, reason: Reason, data_lost: bool) -> None:
-        arg = {"worker_ready": pid, "handshake_failed": reason, "connectivity_restored": data_lost}
+        arg = {
+            "worker_ready": pid,
+            "handshake_failed": reason,
+            "connectivity_restored": data_lost,
+            "maintenance": data_lost,
+        }
         self.d.fire(event, arg.get(event))
 
     @rule(data=st.data())
@@ -372,6 +415,7 @@ class CoreMachine(RuleBasedStateMachine):
             "worker_ready": data.draw(st.integers(1, 99999)),
             "handshake_failed": data.draw(st.sampled_from(sorted(HANDSHAKE_FAILURES))),
             "connectivity_restored": data.draw(st.booleans()),
+            "maintenance": data.draw(st.booleans()),
         }.get(event)
         self.d.fire(event, arg)
 
@@ -457,6 +501,7 @@ def test_long_random_walk(seed: int) -> None:
                 "worker_ready": rng.randrange(1, 99999),
                 "handshake_failed": rng.choice(sorted(HANDSHAKE_FAILURES)),
                 "connectivity_restored": rng.random() < 0.5,
+                "maintenance": rng.random() < 0.5,
             }.get(event)
             d.fire(event, arg)
         else:

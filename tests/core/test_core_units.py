@@ -6,6 +6,8 @@ import functools
 import logging
 import random
 import time
+from datetime import time as clock
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -24,6 +26,7 @@ from fsm.core import (
     Transition,
 )
 from fsm.errors import InvalidEvent
+from fsm.maintenance import Window
 from fsm.settings import Settings
 
 S = 1_000_000_000
@@ -417,3 +420,85 @@ def test_the_gateway_closing_a_stable_session_still_backs_off() -> None:
         getattr(c, lose)(t)
         assert c.worker_exited(t) == []
         assert c.state is RED and c.next_deadline() == t + S
+
+
+# ---- maintenance windows (issue 15) ---------------------------------------------------------------
+
+NIGHTLY = Window("ib-reset", clock(0, 15), clock(1, 45), ZoneInfo("America/New_York"))
+
+
+def test_inside_a_window_the_gateways_failures_are_expected_and_ours_are_not() -> None:
+    c = new(probe_interval=100, probe_timeout=50)
+    t = connected(c)
+    assert c.maintenance(t, NIGHTLY) == [] and c.window is NIGHTLY
+    c.connectivity_lost(t + S)
+    assert c.history[-1].window == "ib-reset" and c.history[-1].expected
+    c.connectivity_restored(t + 2 * S, data_lost=False)
+    assert c.history[-1].expected  # the way back out of it, too
+    c.session_lost(t + 3 * S)
+    assert c.history[-1].reason is Reason.peer_closed and c.history[-1].expected
+    assert c.metrics(t)["maintenance_window"] == "ib-reset"
+    d = new(probe_interval=100, probe_timeout=50)
+    u = connected(d)
+    d.maintenance(u, NIGHTLY)
+    d.worker_exited(u + S)
+    assert d.history[-1].window == "ib-reset" and not d.history[-1].expected  # our own crash
+    c.maintenance(t + 4 * S, None)
+    c.worker_exited(t + 4 * S)
+    c.tick(c.next_deadline())
+    assert c.history[-1].window is None and not c.history[-1].expected
+    assert c.metrics(t)["maintenance_window"] is None
+
+
+def test_inside_a_window_every_retry_is_due_within_the_cap() -> None:
+    """The base is held to 5 s / 1.2, so with +-20 % jitter no retry waits more than 5 s."""
+    c = new()
+    c.maintenance(0, NIGHTLY)
+    c.start(0)
+    t, delays = 0, []
+    for _ in range(8):
+        c.worker_exited(t)
+        delays.append(c.next_deadline() - t)
+        t = c.next_deadline()
+        c.tick(t)
+    assert delays == [S, round(1.6 * S), round(2.56 * S), round(4.096 * S)] + [round(5 / 1.2 * S)] * 4
+    assert c.metrics(t)["failures"] == 8  # the count goes on: after the window the backoff resumes
+    for seed in range(50):  # with real jitter: never over the cap
+        j = ConnectionCore(Settings(), rng=random.Random(seed))
+        j.maintenance(0, NIGHTLY)
+        j.start(0)
+        t = 0
+        for _ in range(10):
+            j.worker_exited(t)
+            assert 0 < j.next_deadline() - t <= 5 * S
+            t = j.next_deadline()
+            j.tick(t)
+
+
+def test_a_window_opening_pulls_a_long_backoff_in_and_min_session_still_holds() -> None:
+    c = new(probe_interval=100, probe_timeout=50)
+    c.start(0)
+    t = 0
+    for _ in range(12):  # grow the backoff outside any window
+        c.worker_exited(t)
+        t = c.next_deadline()
+        c.tick(t)
+    c.worker_exited(t)
+    assert c.next_deadline() - t > 60 * S
+    c.maintenance(t + S, NIGHTLY)
+    assert c.next_deadline() == t + S + round(5 / 1.2 * S)
+    # a young session is still never retired: the retry waits for min_session
+    d = new(probe_interval=100, probe_timeout=50)
+    u = connected(d)
+    d.maintenance(u, NIGHTLY)
+    d.probe_failed(u + S // 10)
+    assert d.next_deadline() == u + 5 * S
+
+
+def test_maintenance_is_an_input_in_every_state_and_checks_its_argument() -> None:
+    c = new()
+    assert c.accepts("maintenance") and c.maintenance(0, NIGHTLY) == [] and c.state is IDLE
+    assert c.maintenance(1, NIGHTLY) == [] and list(c.history) == []  # no state change, no record
+    with pytest.raises(TypeError, match="Window"):
+        c.maintenance(2, "ib-reset")  # type: ignore[arg-type]
+    assert c.maintenance(3, None) == [] and c.window is None

@@ -2,8 +2,8 @@
 
 Time is abstracted into regions (is a deadline due? has the backoff elapsed?) and counters into
 buckets, which makes the state space finite. Breadth-first from IDLE, every input and every kind
-of time step is tried from every abstract state reached, replaying the concrete path each time
-with the property checker of test_core_properties. The walk must close (no new abstract states),
+of time step is tried from every abstract state reached (its concrete path replayed once, then
+each step from a snapshot of core and driver), with the property checker of test_core_properties. The walk must close (no new abstract states),
 reach every state, cover every declared edge, and leave no dead end: from everywhere a session
 can be re-established and the machine shut down.
 """
@@ -36,6 +36,8 @@ STEPS: tuple[tuple, ...] = (
     ("@1ns",),  # a nanosecond later (ticking whatever falls due)
     ("@1000s",),  # a long wait, ticking every deadline on the way
     ("@stable",),  # a stable period of a healthy Gateway: every probe answered
+    ("maintenance", True),  # a maintenance window opens
+    ("maintenance", False),  # ... and closes
 )
 MAX_DEPTH = 25
 
@@ -76,6 +78,7 @@ def abstract(d: Driver) -> tuple:
         m.probe_deadline is not None,
         m.reap_pending,
         m.session_stable,
+        c.window is not None,
     )
 
 
@@ -89,11 +92,14 @@ def explore() -> tuple[dict, dict, set]:
     while queue:
         path = queue.popleft()
         assert len(path) < MAX_DEPTH, f"the abstraction did not close within {MAX_DEPTH} steps"
+        d = Driver()
+        for s in path:
+            apply(d, s)
+        here = abstract(d)
+        saved = dict(vars(d)), d.core._save()
         for step in STEPS:
-            d = Driver()
-            for s in path:
-                apply(d, s)
-            here = abstract(d)
+            vars(d).update(saved[0])  # back to the end of `path` (the fields are immutable)
+            d.core._restore(saved[1])
             apply(d, step)
             there = abstract(d)
             graph[here].add(there)
