@@ -163,6 +163,13 @@ def garbage_streamer(conn: socket.socket, peer: Peer) -> None:
         pass
 
 
+def zero_streamer(conn: socket.socket, peer: Peer) -> None:
+    """Not a Gateway: streams NUL bytes (empty frames, which ib_async would never leave)."""
+    block = bytes(65536)
+    while peer.send_all(conn, block):
+        pass
+
+
 def hello_then_garbage(conn: socket.socket, peer: Peer) -> None:
     """A proper hello, then a stream whose first frame announces ~4 GiB."""
     if read_client_hello(conn, peer):
@@ -184,7 +191,10 @@ def too_old_peer() -> Iterator[Peer]:
         yield p
 
 
-@pytest.fixture(params=[garbage_streamer, hello_then_garbage], ids=["garbage", "hello_then_garbage"])
+@pytest.fixture(
+    params=[garbage_streamer, zero_streamer, hello_then_garbage],
+    ids=["garbage", "zeros", "hello_then_garbage"],
+)
 def streaming_peer(request: pytest.FixtureRequest) -> Iterator[Peer]:
     with running(request.param) as p:
         yield p

@@ -1,0 +1,63 @@
+"""Connect failures reported as what they are, at once (issue 11 items 8 and 9): a Gateway too old
+for ib_async, a host name that does not resolve, and peers that are not Gateways at all — one of
+which used to pin the worker at 100 % CPU and ~370 MiB for the whole 30 s handshake."""
+
+from __future__ import annotations
+
+import psutil
+from conftest import Peer
+from support.worker_process import WorkerProcess
+
+from worker.protocol import Code
+
+FAST = 10.0  # s the test waits for an answer that must not take the 30 s handshake deadline
+RSS_GROWTH_LIMIT = 48 << 20  # bytes a failed connect may add to the worker's resident memory
+STREAM_LIMIT = 64 << 20  # bytes a peer can push into a worker that has stopped reading
+
+
+def status(w: WorkerProcess) -> dict[str, object]:
+    data = w.call("status").data
+    assert data is not None
+    return data
+
+
+def test_gateway_too_old_is_its_own_reason_at_once(too_old_peer: Peer) -> None:
+    with WorkerProcess(label="test-too-old") as w:
+        w.wait_ready()
+        resp = w.connect(too_old_peer.port, 41, timeout=30.0, wait=FAST)
+        assert resp.error is not None and resp.error.code == Code.SERVER_VERSION_TOO_OLD, resp
+        assert "100" in resp.error.message and "157" in resp.error.message
+        st = status(w)
+        assert st["phase"] == "failed" and st["socket_open"] is True  # left to process exit
+        w.close_stdin()
+        assert w.wait_exit(15) == 0
+
+
+def test_dns_failure_is_not_refused(lazy_gateway_peer: Peer) -> None:
+    with WorkerProcess(label="test-dns") as w:
+        w.wait_ready()
+        resp = w.connect(0 + lazy_gateway_peer.port, 42, host="no-such-host.invalid", wait=FAST)
+        assert resp.error is not None and resp.error.code == Code.DNS_FAILURE, resp
+        assert status(w)["socket_open"] is False
+        assert w.connect(lazy_gateway_peer.port, 42).ok  # nothing was opened: the worker is reusable
+
+
+def test_a_streaming_peer_fails_fast_and_the_worker_stays_small(streaming_peer: Peer) -> None:
+    with WorkerProcess(label="test-stream") as w:
+        w.wait_ready()
+        proc = psutil.Process(w.pid)
+        rss_before = proc.memory_info().rss
+        resp = w.connect(streaming_peer.port, 43, timeout=30.0, wait=FAST)
+        assert resp.error is not None and resp.error.code == Code.NOT_A_GATEWAY, resp
+        # the worker stopped reading: the peer's sends block on a full socket, its bytes stay bounded
+        assert streaming_peer.blocked.wait(FAST)
+        sent = streaming_peer.sent
+        assert sent < STREAM_LIMIT
+        assert proc.memory_info().rss - rss_before < RSS_GROWTH_LIMIT
+        st = status(w)
+        assert st["phase"] == "failed" and st["socket_open"] is True  # never closed by us
+        spent = w.connect(streaming_peer.port, 44, wait=FAST)
+        assert spent.error is not None and spent.error.code == Code.WORKER_SPENT
+        assert streaming_peer.sent - sent < STREAM_LIMIT
+        w.close_stdin()
+        assert w.wait_exit(15) == 0
