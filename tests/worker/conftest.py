@@ -132,6 +132,15 @@ def hold_open(conn: socket.socket, peer: Peer) -> None:
 def lazy_gateway(conn: socket.socket, peer: Peer) -> None:
     """Completes ib_async's handshake and start-up sync and answers reqCurrentTime; every other
     request is read and never answered (a Gateway busy elsewhere, as far as the client can tell)."""
+    serve_lazily(conn, peer, lambda: wire.current_time(int(time.time())))
+
+
+def broken_after_handshake(conn: socket.socket, peer: Peer) -> None:
+    """A lazy Gateway that answers reqCurrentTime with a frame announcing 32 MiB (over IB's 16 MiB)."""
+    serve_lazily(conn, peer, lambda: (32 << 20).to_bytes(4, "big") + b"x" * 4096)
+
+
+def serve_lazily(conn: socket.socket, peer: Peer, current_time: Callable[[], bytes]) -> None:
     if not read_client_hello(conn, peer):
         return
     peer.send_all(conn, wire.server_hello(178, HELLO_TIME))
@@ -141,7 +150,7 @@ def lazy_gateway(conn: socket.socket, peer: Peer) -> None:
         wire.REQ_ACCOUNT_UPDATES: lambda f: wire.account_download_end(f[3]) if f[2] == "1" else b"",
         wire.REQ_ACCOUNT_UPDATES_MULTI: lambda f: wire.account_update_multi_end(int(f[2])),
         wire.REQ_EXECUTIONS: lambda f: wire.execution_end(int(f[2])),
-        wire.REQ_CURRENT_TIME: lambda f: wire.current_time(int(time.time())),
+        wire.REQ_CURRENT_TIME: lambda f: current_time(),
     }
     while (fields := recv_frame(conn, peer)) is not None:
         answer = answers.get(int(fields[0]))
@@ -182,6 +191,12 @@ def hello_then_garbage(conn: socket.socket, peer: Peer) -> None:
 @pytest.fixture
 def lazy_gateway_peer() -> Iterator[Peer]:
     with running(lazy_gateway) as p:
+        yield p
+
+
+@pytest.fixture
+def broken_peer() -> Iterator[Peer]:
+    with running(broken_after_handshake) as p:
         yield p
 
 

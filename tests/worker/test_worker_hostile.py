@@ -61,3 +61,23 @@ def test_a_streaming_peer_fails_fast_and_the_worker_stays_small(streaming_peer: 
         assert streaming_peer.sent - sent < STREAM_LIMIT
         w.close_stdin()
         assert w.wait_exit(15) == 0
+
+
+def test_a_session_that_stops_being_a_gateway_is_lost_not_buffered(broken_peer: Peer) -> None:
+    """After the handshake a frame over IB's 16 MiB limit ends the session (reading stops, the
+    socket stays open): the request in flight answers session_lost, and so does a probe."""
+    with WorkerProcess(label="test-broken") as w:
+        w.wait_ready()
+        assert w.connect(broken_peer.port, 45).ok
+        probing = w.submit("probe", window=60.0, timeout=30.0)  # answered from the handshake's bytes
+        assert w.wait_response(probing, FAST).ok
+        ping = w.call("ping", timeout=30.0, wait=FAST)
+        assert ping.error is not None and ping.error.code == Code.SESSION_LOST, ping
+        lost = w.wait_event("session_lost", FAST)
+        assert lost.data["code"] == Code.NOT_A_GATEWAY and "16777215" in lost.data["message"]
+        after = w.call("probe", window=0.0, timeout=1.0)
+        assert after.error is not None and after.error.code == Code.NOT_CONNECTED
+        st = status(w)
+        assert st["phase"] == "lost" and st["socket_open"] is True and st["suppressed_disconnects"] == 0
+        w.close_stdin()
+        assert w.wait_exit(15) == 0
