@@ -244,8 +244,10 @@ def _host_problem(v: Any) -> str | None:
         pass
     try:
         name = v.encode("idna").decode("ascii").removesuffix(".")
-    except UnicodeError:
-        return " (a DNS name has labels of 1-63 characters between dots)"
+    except UnicodeError as exc:
+        found = re.search(r"UnicodeError: (.*)\)$", str(exc))
+        why = (found[1] if found else str(exc)).encode("ascii", "backslashreplace").decode()
+        return f" ({why}; a DNS name has labels of 1-63 characters between dots)"
     if len(name) > 253:
         return f" ({len(name)} characters; a DNS name has at most 253)"
     if not all(_LABEL.fullmatch(label) for label in name.split(".")):
@@ -269,10 +271,13 @@ def _state_dir_problem(path: Path) -> str | None:
 
 
 def _show(value: Any) -> str:
-    """repr for a message: a Path as its string, anything long cut to a readable head."""
-    text = repr(str(value)) if isinstance(value, Path) else repr(value)
-    if len(text) > 60:
-        size = f"{len(value)} characters" if isinstance(value, str) else "long"
+    """repr for a message: a Path whole (it is the culprit), anything else over 100 characters
+    cut to a readable head."""
+    if isinstance(value, Path):
+        return repr(str(value))
+    text = repr(value)
+    if len(text) > 100:
+        size = f"{len(value)} characters" if isinstance(value, str) else f"{len(text)} characters"
         text = f"{text[:40]}... ({size})"
     return text
 

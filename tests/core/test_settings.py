@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from fsm.errors import SettingsError
+from fsm.core import ConnectionCore
+from fsm.errors import SettingsError, UnknownHost, UnsafeStateDir
 from fsm.settings import Settings
 
 
@@ -139,3 +140,91 @@ def test_state_dir_follows_xdg() -> None:
 def test_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IBKR_CLIENT_ID", "23")
     assert Settings.from_env().client_id == 23
+
+
+# ---- hostile values (issue 11, item 7): one SettingsError naming the variable, never a crash ------
+
+
+@pytest.mark.parametrize("raw", ["1e308", "1e400", "86401", "-inf", "nan"])
+def test_huge_or_non_finite_timeouts_are_refused(raw: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({"IBKR_TIMEOUT": raw})
+    assert str(info.value).startswith(f"IBKR_TIMEOUT={raw!r} ")
+    assert "longer than the 86400 s" in str(info.value) or "not a finite number" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"request_timeout": 1e308},
+        {"probe_interval": 10**400},
+        {"stable_period": float("nan")},
+        {"maintenance_backoff_max": float("inf")},
+        {"backoff_multiplier": float("inf")},
+        {"backoff_jitter": float("nan")},
+    ],
+)
+def test_no_setting_overflows_or_slips_through_as_nan(changes: dict) -> None:
+    with pytest.raises(SettingsError, match=f"^{next(iter(changes))}="):
+        Settings(**changes)
+
+
+def test_the_longest_durations_still_fit_the_core() -> None:
+    day = 86_400.0
+    s = Settings(handshake_timeout=day, probe_interval=day, probe_timeout=day / 2, stable_period=day)
+    core = ConnectionCore(s.replace(backoff_max=day, maintenance_backoff_max=day))
+    core.start(0)
+    core.worker_ready(1, pid=1)
+    assert core.next_deadline() == 1 + 86_400 * 10**9
+
+
+def test_a_state_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    file = tmp_path / "passwd"
+    file.write_text("root:x:0:0::/root:/bin/sh\n")
+    with pytest.raises(UnsafeStateDir) as info:
+        Settings.from_env({"IBGW_STATE_DIR": str(file)})
+    assert str(info.value) == f"IBGW_STATE_DIR={str(file)!r} is not a directory"
+    with pytest.raises(UnsafeStateDir, match="cannot be a directory: .*passwd is not one"):
+        Settings.from_env({"IBGW_STATE_DIR": str(file / "ibgw")})
+    with pytest.raises(UnsafeStateDir, match="^state_dir='.*passwd' is not a directory$"):
+        Settings(state_dir=file)
+    assert Settings(state_dir=tmp_path / "new" / "ibgw").state_dir == tmp_path / "new" / "ibgw"
+    if Path("/etc/passwd").is_file():
+        with pytest.raises(SettingsError, match="^IBGW_STATE_DIR='/etc/passwd' is not a directory$"):
+            Settings.from_env({"IBGW_STATE_DIR": "/etc/passwd"})
+
+
+@pytest.mark.parametrize(
+    ("host", "why"),
+    [
+        ("a" * 235, "label too long; a DNS name has labels of 1-63 characters"),
+        (".".join(["a" * 60] * 5), "304 characters; a DNS name has at most 253"),
+        ("gw..local", "labels of 1-63 characters"),
+        ("-gw.local", "letters, digits and inner '-'"),
+        ("gw/1", "letters, digits and inner '-'"),
+        ("[::1]", "letters, digits and inner '-'"),
+        ("bad\udcffname", "Invalid character '\\udcff'"),  # a lone surrogate, as os.environ can hold
+    ],
+)
+def test_a_host_that_is_no_name_or_address_is_refused(host: str, why: str) -> None:
+    with pytest.raises(UnknownHost) as info:
+        Settings.from_env({"IBKR_HOST": host})
+    message = str(info.value)
+    assert message.startswith("IBKR_HOST=") and "is not a host name or address" in message
+    assert why in message and "\n" not in message and len(message) < 200
+
+
+def test_valid_hosts_pass() -> None:
+    for host in ("localhost", "127.0.0.1", "::1", "fe80::1%lo", "gw_1.example.com.", "bücher.de", "a" * 63):
+        assert Settings(host=host).host == host
+
+
+def test_env_numbers_are_plain_ascii_integers() -> None:
+    for raw in ("٤٠٠٢", "4_002", "4002.0", "0x10"):
+        with pytest.raises(SettingsError, match="^IBKR_PORT="):
+            Settings.from_env({"IBKR_PORT": raw})
+
+
+def test_an_override_replaces_a_bad_variable() -> None:
+    """A value given in code wins and the variable it replaces is not even read."""
+    assert Settings.from_env({"IBKR_PORT": "junk"}, port=4001).port == 4001
