@@ -16,7 +16,8 @@ Inbound sits between the two (the Connection's hasData event is re-routed throug
   ib_async speaks is `server_version_too_old`, both as soon as the frame is in;
 - after it, the frame ib_async is assembling may not declare more than HANDSHAKE_FRAME_MAX until
   the session is up (nothing in the start-up sync comes close), nor more than MAX_FRAME after
-  (IB's own limit, the official API's MAX_MSG_LEN).
+  (IB's own limit, the official API's MAX_MSG_LEN); bytes ib_async fails to read are a violation
+  until the session is up, and logged after (as ib_async's event dispatch would).
 
 On a violation reading stops (`pause_reading`: TCP flow control holds the peer back, nothing is
 closed) and `on_violation(code, message)` reports it once.
@@ -83,12 +84,13 @@ class Inbound:
                 return
         try:
             self._feed(data)
-        except Exception as exc:  # ib_async could not frame or read it: it was not a Gateway
+        except Exception as exc:
             log.exception("ib_async failed on the Gateway's bytes")
-            self._violate(
-                Code.NOT_A_GATEWAY, f"ib_async could not read the stream ({type(exc).__name__}: {exc})"
-            )
-            return
+            if self._frame_max < MAX_FRAME:  # still connecting: it was not a Gateway
+                why = f"ib_async could not read the stream ({type(exc).__name__}: {exc})"
+                self._violate(Code.NOT_A_GATEWAY, why)
+                return
+            # a live session: carry on, as ib_async's own event dispatch would (it logs and goes on)
         pending = ibapi.pending_frame_length(self._ib)
         if pending is not None and pending > self._frame_max:
             self._violate(
