@@ -31,6 +31,7 @@ class Peer:
     stop: threading.Event = field(default_factory=threading.Event)
     sent: int = 0  # bytes written to clients
     blocked: threading.Event = field(default_factory=threading.Event)  # a send found the client not reading
+    mute: threading.Event = field(default_factory=threading.Event)  # set: a lazy Gateway answers nothing more
     accepted: int = 0
     errors: list[BaseException] = field(default_factory=list)
 
@@ -153,7 +154,7 @@ def serve_lazily(conn: socket.socket, peer: Peer, current_time: Callable[[], byt
         wire.REQ_CURRENT_TIME: lambda f: current_time(),
     }
     while (fields := recv_frame(conn, peer)) is not None:
-        answer = answers.get(int(fields[0]))
+        answer = None if peer.mute.is_set() else answers.get(int(fields[0]))
         if answer is not None and not peer.send_all(conn, answer(fields)):
             return
 
