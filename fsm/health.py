@@ -232,6 +232,9 @@ async def _listen(host: str, port: int, allow_remote: bool) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # inherited by accepted connections: a response written in parts is not held back by
+        # Nagle's algorithm waiting on the client's delayed ACK (~40 ms per keep-alive request)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind(sockaddr)
         sock.listen(socket.SOMAXCONN)  # probes that come before the server's first accept queue
         sock.setblocking(False)

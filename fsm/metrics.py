@@ -111,7 +111,7 @@ class ManagerCollector:
         self._m = m
         s = m.settings
         self._identity = [s.host, str(s.port), str(s.client_id)]
-        self._transitions: Counter[tuple[str, str, str]] = Counter()
+        self._transitions: Counter[tuple[str, str, str, str]] = Counter()
         self._last_seen: Transition | None = None
 
     def collect(self) -> Iterator[Metric]:
@@ -137,8 +137,9 @@ class ManagerCollector:
         )
         yield self._counter(
             "ibgw_transitions",
-            "State transitions by source, destination and reason.",
-            ["source", "dest", "reason"],
+            "State transitions by source, destination and reason; expected: inside a maintenance "
+            "window, for a reason IB or the Gateway causes.",
+            ["source", "dest", "reason", "expected"],
             [(list(key), float(n)) for key, n in sorted(self._count_transitions().items())],
         )
         yield from self._gauges(m)
@@ -208,7 +209,7 @@ class ManagerCollector:
                 [([], float(m["maintenance_window"] is not None))],
             )
 
-    def _count_transitions(self) -> Counter[tuple[str, str, str]]:
+    def _count_transitions(self) -> Counter[tuple[str, str, str, str]]:
         history = self._m.history
         new: list[Transition] = []
         for t in reversed(history):
@@ -218,7 +219,8 @@ class ManagerCollector:
         if history:
             self._last_seen = history[-1]
         for t in new:
-            self._transitions[(t.source.value, t.dest.value, t.reason.value if t.reason else "")] += 1
+            reason = t.reason.value if t.reason else ""
+            self._transitions[(t.source.value, t.dest.value, reason, str(t.expected).lower())] += 1
         return self._transitions
 
     def _counter(self, name: str, doc: str, labels: list[str], rows: Rows) -> Metric:

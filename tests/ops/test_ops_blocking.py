@@ -66,26 +66,26 @@ def test_two_threads_request_at_once(tmp_path: Path, sim: ThreadedSim, backend: 
         accounts: list[dict[str, Any]] = []
 
         def pinger() -> None:
-            for _ in range(25):
+            for _ in range(15):  # under IB's 45/s pacing: no probe waits behind them
                 pings.append(m.request("ping"))
 
         def reader() -> None:
-            for _ in range(25):
+            for _ in range(15):  # under IB's 45/s pacing: no probe waits behind them
                 accounts.append(m.request("accounts"))
                 assert m.metrics()["state"] == "CONNECTED"
 
         run_threads(pinger, reader)
-        assert len(pings) == 25 and len(accounts) == 25
+        assert len(pings) == 15 and len(accounts) == 15
         assert all(a == {"accounts": [ACCOUNT]} for a in accounts)
         assert all(p["latency_ms"] >= 0 for p in pings)
-        assert m.metrics()["requests_ok"] == 50
+        assert m.metrics()["requests_ok"] == 30
         with pytest.raises(BadRequest):
             m.request("no_such_command")
         with pytest.raises(DisconnectForbidden):
             m.disconnect()
         with pytest.raises(AlreadyRunning), fsm.blocking.connect(m.settings, backend=backend):
             pass  # a second manager for the same client id is refused as it starts
-        assert m.metrics()["requests_ok"] == 50  # the refusals never reached the worker
+        assert m.metrics()["requests_ok"] == 30  # the refusals never reached the worker
     with pytest.raises(NotConnected, match="not running"):
         m.request("ping")
 

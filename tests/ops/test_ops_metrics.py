@@ -66,10 +66,17 @@ def test_transition_counts_never_drop_when_the_history_rolls_over(tmp_path: Path
             losses += 1
         text = generate_latest(registry).decode()
         (family,) = [f for f in text_string_to_metric_families(text) if f.name == "ibgw_transitions"]
-        counts = {(s.labels["source"], s.labels["dest"], s.labels["reason"]): s.value for s in family.samples}
-        assert counts[("CONNECTED", "DEGRADED_RED", "connectivity_lost")] == losses
-        assert counts[("DEGRADED_RED", "CONNECTED", "connectivity_lost")] == losses
-        assert counts[("HANDSHAKING", "CONNECTED", "")] == 1
+        counts = {
+            (s.labels["source"], s.labels["dest"], s.labels["reason"], s.labels["expected"]): s.value
+            for s in family.samples
+        }
+        assert counts == {
+            ("IDLE", "SPAWNING", "", "false"): 1,
+            ("SPAWNING", "HANDSHAKING", "", "false"): 1,
+            ("HANDSHAKING", "CONNECTED", "", "false"): 1,
+            ("CONNECTED", "DEGRADED_RED", "connectivity_lost", "false"): losses,
+            ("DEGRADED_RED", "CONNECTED", "connectivity_lost", "false"): losses,
+        }
     assert losses * 2 > HISTORY_LIMIT == len(source.history)
 
 
@@ -85,12 +92,29 @@ def test_every_series_names_its_manager_and_state_is_one_hot(tmp_path: Path) -> 
     assert state == {s.value: float(s == State.CONNECTED) for s in State}
 
 
-def test_maintenance_hook_becomes_a_gauge(tmp_path: Path) -> None:
-    inside = CoreSource(tmp_path, maintenance_window="ib-reset")
-    outside = CoreSource(tmp_path, maintenance_window=None)
-    for source, expected in ((inside, 1.0), (outside, 0.0)):
-        (value,) = [v for name, _, v in samples(source) if name == "ibgw_maintenance"]
-        assert value == expected
+def test_a_loss_inside_a_maintenance_window_is_expected(tmp_path: Path) -> None:
+    """The real core tags it; the metrics and /readyz carry the tag."""
+    source = CoreSource(tmp_path)
+    source.connect()
+    window = source.settings.maintenance[0]
+    source.step("maintenance", window)
+    source.step("session_lost")
+    rows = list(samples(source))
+    (gauge,) = [v for name, _, v in rows if name == "ibgw_maintenance"]
+    assert gauge == 1
+    (lost,) = [
+        (labels["reason"], labels["expected"], v)
+        for name, labels, v in rows
+        if name == "ibgw_transitions_total" and labels["dest"] == "DEGRADED_RED"
+    ]
+    assert lost == ("peer_closed", "true", 1)
+    answer = readiness(source.metrics())
+    assert answer.status == 503 and answer.body["status"] == "maintenance"
+    assert answer.body["maintenance"] == {"window": window.name, "ends": None}
+    source.step("maintenance", None)
+    (gauge,) = [v for name, _, v in samples(source) if name == "ibgw_maintenance"]
+    assert gauge == 0
+    assert readiness(source.metrics()).body["status"] == "not_ready"
 
 
 def test_requests_by_command_when_the_manager_counts_them() -> None:
