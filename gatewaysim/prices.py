@@ -191,6 +191,7 @@ class PriceProcess:
         self._max_abs = max(p.abs_max for p in self._patterns)
         self._knot = functools.lru_cache(maxsize=1 << 12)(self._knot_uncached)
         self._whole_unit = functools.lru_cache(maxsize=1 << 14)(self._whole_unit_uncached)
+        self._units_volume = functools.lru_cache(maxsize=1 << 10)(self._units_volume_uncached)
 
     # ---------------------------------------------------------------- time
 
@@ -209,7 +210,7 @@ class PriceProcess:
     def _unit(self, ins: Instrument, unit: int) -> tuple[_Pattern, int, int]:
         """(pattern, signed scale, level) of one unit of one instrument."""
         h = mix(self.seed, ins.con_id, unit)
-        pattern = self._patterns[h % PATTERNS]
+        pattern = self._pattern_of(ins.con_id, unit)
         base = round(ins.base_price / ins.min_tick)
         step = max(1, base // 15_000)
         scale = step * (1 + (h >> 8) % 2)
@@ -250,6 +251,24 @@ class PriceProcess:
             total = part if total is None else total + part
             a += jb - ja
         return total
+
+    def _volume(self, con_id: int, a: int, b: int) -> int:
+        """Shares traded in ticks [a, b): only the patterns' sizes matter, not the prices."""
+        if b <= a:
+            return 0
+        (ua, ja), (ub, jb) = divmod(a, UNIT_TICKS), divmod(b, UNIT_TICKS)
+        if ua == ub:
+            sizes = self._pattern_of(con_id, ua).sum_size
+            return sizes[jb] - sizes[ja]
+        head = self._pattern_of(con_id, ua).sum_size
+        tail = self._pattern_of(con_id, ub).sum_size
+        return head[UNIT_TICKS] - head[ja] + self._units_volume(con_id, ua + 1, ub) + tail[jb]
+
+    def _pattern_of(self, con_id: int, unit: int) -> _Pattern:
+        return self._patterns[mix(self.seed, con_id, unit) % PATTERNS]
+
+    def _units_volume_uncached(self, con_id: int, first: int, end: int) -> int:
+        return sum(self._pattern_of(con_id, u).sum_size[UNIT_TICKS] for u in range(first, end))
 
     def _whole_unit_uncached(self, ins: Instrument, unit: int) -> _Agg:
         return self._span(ins, unit, 0, UNIT_TICKS)
@@ -298,7 +317,6 @@ class PriceProcess:
         unit, j = divmod(tick, UNIT_TICKS)
         pattern, _, _ = self._unit(ins, unit)
         day = self.first_tick_at_or_after(_day_start_ns(ins, tick * self.tick_ns))
-        day_agg = self._aggregate(ins, day, tick + 1)
         return Quote(
             tick=tick,
             time_ns=tick * self.tick_ns,
@@ -308,7 +326,7 @@ class PriceProcess:
             bid_size=100 * (1 + h % 20),
             ask_size=100 * (1 + (h >> 16) % 20),
             last_size=pattern.sizes[j],
-            volume=day_agg.volume if day_agg else 0,
+            volume=self._volume(ins.con_id, day, tick + 1),
         )
 
     def bar(self, con_id: int, start_ns: int, end_ns: int, what_to_show: str = "TRADES") -> Bar | None:
