@@ -83,7 +83,10 @@ class GatewaySim(Gateway):
         track_pids: bool = True,
         seed: int = 0,
         tick_rate: float = 4.0,
+        wall: Callable[[], float] = time.time,
     ) -> None:
+        """`seed`, `tick_rate`: the price process; `wall`: the epoch clock every price, bar and
+        fill is a function of (pin it to replay a trading day)."""
         super().__init__(
             accounts=accounts,
             server_version=server_version,
@@ -91,6 +94,7 @@ class GatewaySim(Gateway):
             on_event=on_event,
             seed=seed,
             tick_rate=tick_rate,
+            wall=wall,
         )
         self.host, self._family = _loopback_family(host)
         if not 0 <= port <= 65535:
