@@ -358,8 +358,9 @@ class _Model:
             self.out.append(NotifyDataLost())
 
     def _set_window(self) -> None:
+        opened = self.window is None and self.arg_window is not None
         self.window = self.arg_window
-        if self.window is not None and self.retry_at is not None:
+        if opened and self.retry_at is not None:  # a long backoff armed before it: pull it in
             self.retry_at = min(self.retry_at, self.now + self._delay_ns())
 
     def _reset_backoff(self) -> None:

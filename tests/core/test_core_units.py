@@ -40,6 +40,13 @@ class NoJitter(random.Random):
         return (a + b) / 2
 
 
+class Shortest(random.Random):
+    """uniform() returns its low end: the shortest jittered delay."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return a
+
+
 def new(**overrides) -> ConnectionCore:
     return ConnectionCore(Settings(client_id=3, **overrides), rng=NoJitter())
 
@@ -486,6 +493,9 @@ def test_a_window_opening_pulls_a_long_backoff_in_and_min_session_still_holds() 
     c.worker_exited(t)
     assert c.next_deadline() - t > 60 * S
     c.maintenance(t + S, NIGHTLY)
+    assert c.next_deadline() == t + S + round(5 / 1.2 * S)
+    c._m.rng = Shortest()  # asked again, the jitter could only pull it in: nothing moves
+    c.maintenance(t + S + S // 2, NIGHTLY)
     assert c.next_deadline() == t + S + round(5 / 1.2 * S)
     # a young session is still never retired: the retry waits for min_session
     d = new(probe_interval=100, probe_timeout=50)
