@@ -78,18 +78,6 @@ def req_account_summary(s: Session, f: list[str]) -> None:
     s.send(wire.account_summary_end(req_id))
 
 
-@handler(wire.REQ_HISTORICAL_DATA, fallback=True)
-def req_historical_data(s: Session, f: list[str]) -> None:
-    """Enough for ib_async's Watchdog probe: a few 5 s midpoint bars ending now."""
-    req_id = int(f[1])
-    now = int(s.gateway.wall()) // 5 * 5
-    bars = [(str(now - 5 * (5 - i)), 1.0850, 1.0852, 1.0849, 1.0851, -1.0, -1.0, -1) for i in range(6)]
-    fmt = "%Y%m%d %H:%M:%S"
-    start = datetime.fromtimestamp(now - 30, UTC).strftime(fmt) + " UTC"
-    end = datetime.fromtimestamp(now, UTC).strftime(fmt) + " UTC"
-    s.send(wire.historical_data(req_id, start, end, bars))
-
-
 def _no_reply(s: Session, f: list[str]) -> None:
     """Cancels and subscriptions that need no reply."""
 

@@ -30,9 +30,6 @@ ValueError it raises answers the client with error 320 and the session goes on. 
 Unsolicited messages (ticks pushed on a timer): keep the Session in your component, call
 `s.send()` from a `scheduler.call_every(...)` callback, and forget the session in
 `session_ended`. The server flushes whatever a session queues, from any callback.
-
-`@handler(msg_id, fallback=True)` registers a stand-in that a regular registration replaces
-(whichever module loads first).
 """
 
 from __future__ import annotations
@@ -48,7 +45,6 @@ if TYPE_CHECKING:
 Handler = Callable[["Session", list[str]], None]
 
 _TABLE: dict[int, Handler] = {}
-_FALLBACKS: set[int] = set()
 _loaded = False
 
 
@@ -56,22 +52,16 @@ class DuplicateHandler(RuntimeError):
     """Two handlers for one message id: one definition of each reply."""
 
 
-def handler(msg_id: int, *, fallback: bool = False) -> Callable[[Handler], Handler]:
+def handler(msg_id: int) -> Callable[[Handler], Handler]:
     """Register the decorated function as the answer to incoming message `msg_id`."""
 
     def register(fn: Handler) -> Handler:
         old = _TABLE.get(msg_id)
-        if old is not None and msg_id not in _FALLBACKS:
-            if fallback:
-                return fn  # a regular handler is already there
+        if old is not None:
             raise DuplicateHandler(
                 f"message id {msg_id}: {old.__module__}.{old.__name__} and {fn.__module__}.{fn.__name__}"
             )
         _TABLE[msg_id] = fn
-        if fallback:
-            _FALLBACKS.add(msg_id)
-        else:
-            _FALLBACKS.discard(msg_id)
         return fn
 
     return register
@@ -81,9 +71,9 @@ def table() -> Mapping[int, Handler]:
     """The handlers of every `gatewaysim.handlers_*` module, imported on first call."""
     global _loaded
     if not _loaded:
-        _loaded = True
         package = __name__.rpartition(".")[0]
         path = importlib.import_module(package).__path__
         for mod in sorted(m.name for m in pkgutil.iter_modules(path) if m.name.startswith("handlers_")):
             importlib.import_module(f"{package}.{mod}")
+        _loaded = True
     return _TABLE
