@@ -250,8 +250,7 @@ async def test_tick_by_tick_trades_follow_the_price_process(
         trades = [
             (tr.price, float(tr.size), "ARCA") for tr in pp.trades(756733, start, round(rig.clock() * NS))
         ]
-        first = trades.index(got[0])
-        assert trades[first : first + len(got)] == got
+        assert any(trades[i : i + len(got)] == got for i in range(len(trades)))  # a contiguous run
         assert rig.market.tick_by_tick_slots.snapshot()["in_use"] == 1
         rig.ib.cancelTickByTickData(ticker.contract, "AllLast")
         await rig.wait(lambda: rig.market.streams == {})
