@@ -3,15 +3,16 @@
 JSON lines: requests on stdin, one response per request and unsolicited events on stdout, logs on
 stderr only. One asyncio loop: stdin is read without blocking the loop, each request runs as its
 own task (a slow connect never holds up `status`), and every response is written and flushed as
-one line as soon as it is ready.
+soon as it is ready: one line, or chunk lines when longer than MAX_LINE_BYTES (see
+worker.protocol), between which other answers may go.
 
 Lifecycle: install the disconnect guard, emit `ready`, serve. On stdin EOF: finish the requests
 already read, write their answers, then os._exit(0) — the session's socket is closed by the
 kernel at process exit, never by ib_async (and no interpreter finaliser gets a chance to try).
 
-ib_async's client-side pacing (Client.MaxRequests = 45 messages per RequestsInterval = 1 s) is left
-on, as IB requires; a burst above it is delayed, not refused (`status` reports the pacing values
-and how often it throttled).
+ib_async's client-side pacing is pinned at 45 messages/s for user requests, as IB requires; a
+burst above it is delayed, not refused (`status` reports the pacing values and how often it
+throttled). `probe` keeps headroom outside it (worker.liveness).
 
 Environment: IBGW_WORKER_LOG_LEVEL (default INFO) for the stderr log; IBGW_WORKER_MIN_SESSION
 (default 1.0 s): at EOF a session younger than this is kept until it is that old (no fast close).

@@ -21,6 +21,7 @@ import ib_async
 from msgspec import Struct
 
 from worker import guard, ibapi
+from worker.liveness import PROBE_MESSAGES_PER_S
 from worker.protocol import (
     COMMAND_PARAMS,
     DEFAULT_REQUEST_TIMEOUT,
@@ -240,6 +241,7 @@ async def status(ctx: Context, p: NoParams) -> Result:
         "pacing": {
             "max_requests": ib_async.client.Client.MaxRequests,
             "interval_s": ib_async.client.Client.RequestsInterval,
+            "probe_max_per_s": PROBE_MESSAGES_PER_S,
         },
         "pid": os.getpid(),
         "ib_async": ib_async.__version__,

@@ -80,7 +80,7 @@ __all__ = [
     "success",
 ]
 
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2  # 2: chunk lines, probe, the codes since session_lost
 MAX_LINE_BYTES: Final = 1 << 20  # longest line either side writes or accepts, newline excluded
 MAX_RESPONSE_BYTES: Final = 64 << 20  # largest response carried, in chunks (its encoded size)
 CHUNK_ENVELOPE_BYTES: Final = 128  # > len('{"id":-9223372036854775808,"chunk":"","seq":...,"last":false}')

@@ -54,7 +54,7 @@ def test_ready_event() -> None:
         status = w.call("status").data
         assert status is not None
         assert status["guard_installed"] is True and status["suppressed_disconnects"] == 0
-        assert status["pacing"] == {"max_requests": 45, "interval_s": 1}
+        assert status["pacing"] == {"max_requests": 45, "interval_s": 1, "probe_max_per_s": 4}
         w.close_stdin()
         assert w.wait_exit() == 0
 
