@@ -140,14 +140,14 @@ def req_mkt_data(s: Session, f: list[str]) -> None:
     generic_list, snapshot, regulatory = f[i + 1], _flag(f[i + 2]), _flag(f[i + 3])
     market = _market(s)
     generic = frozenset(g.strip() for g in generic_list.split(",") if g.strip())
-    unknown = sorted(generic - GENERIC_TICKS.keys())
+    unknown = sorted(generic - GENERIC_TICKS)
     if unknown:
         market.error(
             s,
             req_id,
             321,
             f"Error validating request.-'bO' : cause - Incorrect generic tick list of {','.join(unknown)}. "
-            f"Legal ones for (STK) are: {','.join(GENERIC_TICKS)}",
+            f"Legal ones for (STK) are: {','.join(sorted(GENERIC_TICKS, key=int))}",
         )
         return
     ins = _resolve(s, req_id, c)

@@ -43,14 +43,12 @@ HIGH, LOW, CLOSE, OPEN = (6, 72), (7, 73), (9, 75), (14, 76)
 LAST_TIMESTAMP = (45, 88)
 RT_VOLUME = 48
 SHORTABLE, SHORTABLE_SHARES = 46, 89
-# genericTickList entries the simulator serves, and the extra ticks each one adds.
-GENERIC_TICKS = {
-    "233": "RTVolume",
-    "236": "shortable",
-    "165": "misc stats",
-    "221": "mark price",
-    "293": "trade count",
-}
+# genericTickList entries IB accepts for stocks (a subset of its list), and the ones the
+# simulator serves: 233 RTVolume, 236 shortable, 293 trade count. The rest add nothing.
+GENERIC_TICKS = frozenset({
+    "100", "101", "104", "105", "106", "107", "165", "221", "225", "232", "233", "236", "258", "293",
+    "294", "295", "318", "375", "411", "456", "588",
+})  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------

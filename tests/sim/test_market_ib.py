@@ -368,10 +368,16 @@ async def test_no_permission_is_354_and_delayed_data_is_10167_fifteen_minutes_ol
         assert dropped_messages(log_records) == []
 
 
-async def test_unknown_cancels_are_answered(anyio_backend: str, log_records: list[logging.LogRecord]) -> None:
+async def test_bad_requests_and_unknown_cancels_are_answered(
+    anyio_backend: str, log_records: list[logging.LogRecord]
+) -> None:
     async with market_rig() as rig:
         rig.ib.client.cancelMktData(4242)
         rig.ib.client.cancelHistoricalData(4343)
-        await rig.until(lambda: len(rig.errors) == 2)
-        assert [(r, c) for r, c, _ in rig.errors] == [(4242, 300), (4343, 366)]
+        rig.ib.client.reqMktData(4444, stock("AAPL"), "233,999", False, False, [])
+        ok = rig.ib.reqMktData(stock("MSFT"), "100,165,236")  # accepted by IB; 236 is served
+        await rig.until(lambda: len(rig.errors) == 3 and ok.shortable == 3.0)
+        assert [(r, c) for r, c, _ in rig.errors] == [(4242, 300), (4343, 366), (4444, 321)]
+        assert "Incorrect generic tick list of 999" in rig.errors[-1][2]
+        assert [st.ins.symbol for st in rig.market.streams.values()] == ["MSFT"]  # 4444 never opened
         assert dropped_messages(log_records) == []
