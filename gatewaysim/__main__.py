@@ -2,7 +2,10 @@
 
 Prints every state change. Lines on stdin call a control at run time, e.g. `go_red`,
 `restart`, `down_for 5`, `client_id_hold inf`, `stall_sync positions`,
-`connectivity_restored true`, `snapshot`. Ctrl-C (or SIGTERM) stops it cleanly.
+`connectivity_restored true`, `reject_next_order no margin`, `drop_on_place before_ack`,
+`fill_order strat-A:0001`, `fill_while_away on`, `end_of_day`, `farm_outage 30`,
+`pacing_violation`, `market_data_permission AAPL delayed`, `snapshot`. Ctrl-C (or SIGTERM)
+stops it cleanly.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from typing import Any
 import click
 
 from .faults import Faults
+from .market import PERMISSIONS, Market
 from .observe import SimEvent
+from .pacing import Limits
 from .threaded import ThreadedSim, running_in_thread
 
 CONTROLS = (
@@ -32,7 +37,16 @@ CONTROLS = (
     "connectivity_lost",
     "connectivity_restored",
     "farm_flap",
+    "read_only_api",
+    "reject_next_order",
+    "drop_on_place",
+    "fill_while_away",
+    "fill_order",
+    "partial_fills",
+    "end_of_day",
 )
+MARKET_CONTROLS = ("farm_outage", "farm_restored", "pacing_violation", "market_data_permission", "data_lost")
+TEXT_CONTROLS = ("reject_next_order", "fill_order", "market_data_permission")  # words stay text
 
 
 def _arg(text: str) -> Any:
@@ -55,15 +69,28 @@ def _command(sim: ThreadedSim, line: str) -> None:
     words = line.split()
     if not words:
         return
-    name, args = words[0], [_arg(w) for w in words[1:]]
+    name = words[0]
     if name == "snapshot":
         click.echo(json.dumps(sim.snapshot(), default=str, indent=2))
         return
-    if name not in CONTROLS:
-        click.echo(f"unknown command {name!r}; known: snapshot, {', '.join(CONTROLS)}", err=True)
+    if name not in CONTROLS + MARKET_CONTROLS:
+        known = ", ".join(("snapshot", *CONTROLS, *MARKET_CONTROLS))
+        click.echo(f"unknown command {name!r}; known: {known}", err=True)
         return
+    args: list[Any]
+    if name == "reject_next_order":
+        args = [" ".join(words[1:])] if len(words) > 1 else []
+    elif name in TEXT_CONTROLS:
+        args = words[1:]
+    else:
+        args = [_arg(w) for w in words[1:]]
+    if name == "pacing_violation":
+        args = [int(a) for a in args]
     try:
-        sim.call(name, *args)
+        if name in MARKET_CONTROLS:
+            sim.run(lambda: getattr(sim.sim.component(Market), name)(*args))
+        else:
+            sim.call(name, *args)
     except Exception as exc:  # a typo at the prompt must not stop the simulator
         click.echo(f"{name}: {type(exc).__name__}: {exc}", err=True)
 
@@ -74,6 +101,13 @@ def _print_event(ev: SimEvent) -> None:
 
 def _stop_on_sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def _permission(spec: str) -> tuple[str, str]:
+    symbol, _, level = spec.partition("=")
+    if not symbol or level not in PERMISSIONS:
+        raise click.BadParameter(f"{spec!r}: use SYMBOL=LEVEL, LEVEL one of {', '.join(PERMISSIONS)}")
+    return symbol, level
 
 
 @click.command(help=__doc__)
@@ -94,9 +128,26 @@ def _stop_on_sigterm(signum: int, frame: object) -> None:
     "fault_specs",
     multiple=True,
     metavar="NAME[=VALUE]",
-    help="red_on_fast_close=S, silent, handshake_delay=S, stall_sync=REQUEST, "
-    "client_id_hold=S|inf; repeatable.",
+    help="red_on_fast_close=S, silent, handshake_delay=S, stall_sync=REQUEST, client_id_hold=S|inf, "
+    "read_only_api, reject_orders=N, drop_on_place=before_ack|discard, fill_while_away, "
+    "partial_fills; repeatable.",
 )
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the price process.")
+@click.option(
+    "--tick-rate",
+    default=4.0,
+    show_default=True,
+    type=click.FloatRange(min=0.001, max=1e6),
+    help="Market ticks per second (quotes, trades, fills).",
+)
+@click.option(
+    "--permission",
+    "permissions",
+    multiple=True,
+    metavar="SYMBOL=LEVEL",
+    help=f"Market data permission per instrument: {', '.join(PERMISSIONS)}; repeatable.",
+)
+@click.option("--no-limits", is_flag=True, help="Switch off IB's pacing and market-data line limits.")
 @click.option("--backend", type=click.Choice(["asyncio", "trio"]), default="asyncio", show_default=True)
 @click.option(
     "--track-pids/--no-track-pids",
@@ -110,6 +161,10 @@ def main(
     accounts: str,
     server_version: int,
     fault_specs: tuple[str, ...],
+    seed: int,
+    tick_rate: float,
+    permissions: tuple[str, ...],
+    no_limits: bool,
     backend: str,
     track_pids: bool,
 ) -> None:
@@ -119,6 +174,7 @@ def main(
             faults = faults.with_cli(spec)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--fault") from None
+    grants = [_permission(p) for p in permissions]
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
@@ -131,15 +187,26 @@ def main(
             faults=faults,
             on_event=_print_event,
             track_pids=track_pids,
+            seed=seed,
+            tick_rate=tick_rate,
         ) as sim:
+            if grants or no_limits:
+                sim.run(lambda: _configure_market(sim.sim.component(Market), grants, no_limits))
             for line in sys.stdin:
                 _command(sim, line)
             threading.Event().wait()  # stdin closed: serve until Ctrl-C / SIGTERM
     except KeyboardInterrupt:
         pass
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, KeyError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo("gatewaysim stopped")
+
+
+def _configure_market(market: Market, grants: list[tuple[str, str]], no_limits: bool) -> None:
+    for symbol, level in grants:
+        market.market_data_permission(symbol, level)
+    if no_limits:
+        market.set_limits(Limits(enabled=False))
 
 
 if __name__ == "__main__":

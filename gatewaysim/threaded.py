@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from anyio.from_thread import BlockingPortal
@@ -17,6 +17,7 @@ from anyio.from_thread import BlockingPortal
 from .server import GatewaySim
 
 START_TIMEOUT = 10.0
+T = TypeVar("T")
 
 
 class ThreadedSim:
@@ -36,6 +37,10 @@ class ThreadedSim:
         if not callable(fn):
             return self._portal.call(lambda: getattr(self.sim, fn_name))
         return self._portal.call(fn, *args)
+
+    def run(self, fn: Callable[[], T]) -> T:
+        """Run `fn()` on the simulator's loop (e.g. a component's operation) and return its result."""
+        return self._portal.call(fn)
 
     def snapshot(self) -> dict[str, Any]:
         return self._portal.call(self.sim.snapshot)
@@ -77,6 +82,27 @@ class ThreadedSim:
 
     def farm_flap(self) -> None:
         self.call("farm_flap")
+
+    def read_only_api(self, on: bool) -> None:
+        self.call("read_only_api", on)
+
+    def reject_next_order(self, reason: str = "Simulated rejection") -> None:
+        self.call("reject_next_order", reason)
+
+    def drop_on_place(self, mode: str | None) -> None:
+        self.call("drop_on_place", mode)
+
+    def fill_while_away(self, on: bool) -> None:
+        self.call("fill_while_away", on)
+
+    def fill_order(self, order_ref: str) -> None:
+        self.call("fill_order", order_ref)
+
+    def partial_fills(self, on: bool) -> None:
+        self.call("partial_fills", on)
+
+    def end_of_day(self) -> None:
+        self.call("end_of_day")
 
 
 @contextmanager

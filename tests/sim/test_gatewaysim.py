@@ -6,6 +6,7 @@ Raw clients speak the handshake bytes themselves, so they can do what ib_async n
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import struct
@@ -400,3 +401,65 @@ def test_running_in_thread_reports_bad_arguments_and_busy_ports() -> None:
         with pytest.raises(OSError), running_in_thread(port=first.port):
             pass
         assert first.snapshot()["listening"]
+
+
+def test_cli_takes_the_order_and_market_faults() -> None:
+    argv = [sys.executable, "-m", "gatewaysim", "--port", "0", "--seed", "3", "--tick-rate", "10"]
+    argv += ["--fault", "reject_orders=2", "--fault", "drop_on_place=discard", "--fault", "partial_fills"]
+    argv += ["--permission", "AAPL=delayed", "--no-limits"]
+    commands = [
+        "reject_next_order no margin today",
+        "fill_while_away on",
+        "read_only_api on",
+        "farm_outage",
+        "pacing_violation 2",
+        "fill_order nope",  # an operation that fails is reported and the simulator goes on
+        "snapshot",
+    ]
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    guard = threading.Timer(20, proc.kill)  # a hung child must fail the test, not hang it
+    guard.start()
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write("\n".join(commands) + "\n")
+        proc.stdin.flush()
+        lines: list[str] = []
+        while not lines or lines[-1] != "}\n":
+            line = proc.stdout.readline()
+            assert line, "the simulator stopped before its snapshot"
+            lines.append(line)
+        proc.send_signal(2)
+        _, err = proc.communicate(timeout=10)
+    finally:
+        guard.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = "".join(lines)
+    for seen in (
+        "market data permission AAPL=delayed",
+        "reject_next_order reason='no margin today'",
+        "fill_while_away=True",
+        "read_only_api=True",
+        "farm_outage",
+        "pacing violation for the next 2",
+    ):
+        assert seen in text
+    assert "fill_order: ValueError: no working order with orderRef 'nope'" in err
+    snap = json.loads(text[text.index("\n{") + 1 :])
+    assert snap["faults"] == {
+        "red_on_fast_close": None,
+        "silent": False,
+        "handshake_delay": 0.0,
+        "stall_sync": None,
+        "client_id_hold": None,
+        "read_only_api": True,
+        "reject_orders": 2,
+        "drop_on_place": "discard",
+        "fill_while_away": True,
+        "partial_fills": True,
+    }
+    assert snap["broker"] == {"placements": {}, "orders": [], "executions": snap["broker"]["executions"]}
+    assert snap["market"]["seed"] == 3 and snap["market"]["tick_rate"] == 10.0 and snap["market"]["farm_down"]

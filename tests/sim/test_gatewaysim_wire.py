@@ -145,3 +145,16 @@ def test_faults_from_cli() -> None:
     for bad in ("nope", "stall_sync=bogus", "handshake_delay=-1", "red_on_fast_close=x", "client_id_hold"):
         with pytest.raises(ValueError):
             f.with_cli(bad)
+
+
+def test_order_faults_from_cli() -> None:
+    f = Faults().with_cli("read_only_api").with_cli("reject_orders=3").with_cli("drop-on-place=before_ack")
+    f = f.with_cli("fill_while_away=on").with_cli("partial_fills").with_cli("partial_fills=off")
+    assert f == Faults(read_only_api=True, reject_orders=3, drop_on_place="before_ack", fill_while_away=True)
+    assert (
+        f.with_cli("drop_on_place=off").drop_on_place is None
+        and Faults().with_cli("reject_orders").reject_orders == 1
+    )
+    for bad in ("drop_on_place=sometimes", "reject_orders=x", "reject_orders=-1"):
+        with pytest.raises(ValueError):
+            Faults().with_cli(bad)
