@@ -83,13 +83,12 @@ async def market_rig(
     *, tick_rate: float = 20.0, speed: float = 1.0, seed: int = 7
 ) -> AsyncIterator[MarketRig]:
     """The simulator with its wall clock pinned to PINNED, running `speed` times real time."""
-    async with GatewaySim(seed=seed, tick_rate=tick_rate) as sim:
-        t0 = time.monotonic()
+    t0 = time.monotonic()
 
-        def clock() -> float:
-            return PINNED + (time.monotonic() - t0) * speed
+    def clock() -> float:
+        return PINNED + (time.monotonic() - t0) * speed
 
-        sim.wall = clock  # type: ignore[method-assign]
+    async with GatewaySim(seed=seed, tick_rate=tick_rate, wall=clock) as sim:
         ib = never_disconnecting_ib()
         await ib.connectAsync("127.0.0.1", sim.port, clientId=1, timeout=T)
         yield MarketRig(sim, ib, clock)
