@@ -1,301 +1,149 @@
-"""Lock files and reaping of our own stale workers.
+"""Reaping our own stale workers: the only processes a manager ends that are not its children.
 
-One lock file per (host, port, client id) lives in the state directory. The live manager holds it
-with ``fcntl.flock`` (the kernel drops the lock when the manager dies, however it dies), and keeps
-in it the pid and start time of its current worker. A manager that finds the file unlocked but
-naming a worker has found the leftovers of a dead manager: that worker may still hold the client
-id at the Gateway (error 326). It is ended only when psutil proves it is ours: same start time
-(no pid reuse), a command line of ``-m worker --label <our label>``, and a TCP connection to the
-Gateway port. Nothing is ever looked up by name, and nothing unproven is touched.
+A manager that finds a lock file unlocked but naming a worker has found the leftovers of a dead
+manager: that worker may still hold the client id at the Gateway (error 326). The file is not
+proof of anything (anyone with our uid could have written it), so the worker is ended only when
+the process itself proves it is that manager's worker for this Gateway (find_stale_worker), by
+the same retire ladder as our own workers (fsm.process.retire). Nothing is looked up by name,
+and nothing unproven is ever signalled.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
-import itertools
-import json
 import logging
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any
+from collections.abc import Collection
+from functools import partial
 
+import anyio
+import anyio.to_thread
 import psutil
 
-from fsm.errors import AlreadyRunning
-from fsm.status import host_slug
+from fsm.hosts import normalise_address
+from fsm.lockfile import LockRecord
+from fsm.pids import born_of, is_our_worker, pid_alive, worker_label
+from fsm.process import retire
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "LockRecord",
-    "WorkerLock",
-    "end_process",
-    "find_stale_worker",
-    "lock_path",
-    "reap_stale_worker",
-    "worker_label",
-]
+__all__ = ["find_stale_worker", "reap_stale_worker"]
 
 
-def worker_label(host: str, port: int, client_id: int) -> str:
-    """The ``--label`` that marks a worker as ours for this Gateway and client id (shown by ps)."""
-    return f"ibgw-fsm:{host}:{port}:{client_id}"
-
-
-def lock_path(state_dir: Path, host: str, port: int, client_id: int) -> Path:
-    """Where the lock file for (host, port, client id) lives."""
-    return Path(state_dir) / f"ibgw-{host_slug(host)}-{port}-{client_id}.lock"
-
-
-@dataclass(frozen=True, slots=True)
-class LockRecord:
-    """What a lock file says: the manager, its current worker, and the session it is for."""
-
-    manager_pid: int
-    worker_pid: int | None
-    worker_create_time: float | None
-    host: str
-    port: int
-    client_id: int
-
-    @classmethod
-    def parse(cls, text: str) -> LockRecord | None:
-        """Decode a lock file's content; None for an empty or damaged file (nothing to act on)."""
-        try:
-            raw = json.loads(text)
-            return cls(
-                manager_pid=int(raw["manager_pid"]),
-                worker_pid=None if raw.get("worker_pid") is None else int(raw["worker_pid"]),
-                worker_create_time=(
-                    None if raw.get("worker_create_time") is None else float(raw["worker_create_time"])
-                ),
-                host=str(raw["host"]),
-                port=int(raw["port"]),
-                client_id=int(raw["client_id"]),
-            )
-        except (ValueError, KeyError, TypeError):
-            return None
-
-    def dumps(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True) + "\n"
-
-
-class WorkerLock:
-    """The flock-held lock file of one manager for one (host, port, client id)."""
-
-    def __init__(self, state_dir: Path, host: str, port: int, client_id: int) -> None:
-        self.path = lock_path(state_dir, host, port, client_id)
-        self.host, self.port, self.client_id = host, port, client_id
-        self._fd: int | None = None
-
-    def acquire(self) -> LockRecord | None:
-        """Take the lock; return the record a dead manager left behind (None if none).
-
-        Raises AlreadyRunning when a live manager holds it. Retries if the file was unlinked
-        between our open and our flock (a releasing manager), so two managers can never each hold
-        a lock on a different inode for the same path.
-        """
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                text = _read_fd(fd)
-                os.close(fd)
-                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise
-                other = LockRecord.parse(text)
-                who = f"pid {other.manager_pid}" if other else "another process"
-                raise AlreadyRunning(
-                    f"another ibgw manager ({who}) already manages client id {self.client_id} "
-                    f"for {self.host}:{self.port} on this machine (lock {self.path}); "
-                    f"stop it first, or give this one another client id"
-                ) from None
-            try:
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except FileNotFoundError:
-                same = False
-            if not same:
-                os.close(fd)
-                continue
-            self._fd = fd
-            stale = LockRecord.parse(_read_fd(fd))
-            self.record(worker_pid=None, worker_create_time=None)
-            return stale
-
-    def record(self, *, worker_pid: int | None, worker_create_time: float | None) -> None:
-        """Rewrite the file in place (the flock is on this inode: no rename) naming our worker."""
-        if self._fd is None:
-            raise RuntimeError("lock not held")
-        rec = LockRecord(
-            manager_pid=os.getpid(),
-            worker_pid=worker_pid,
-            worker_create_time=worker_create_time,
-            host=self.host,
-            port=self.port,
-            client_id=self.client_id,
-        )
-        data = rec.dumps().encode()
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, data, 0)
-        os.fsync(self._fd)
-
-    def release(self) -> None:
-        """Remove the file while still holding the lock, then drop the lock."""
-        if self._fd is None:
-            return
-        try:
-            self.path.unlink(missing_ok=True)
-        finally:
-            fd, self._fd = self._fd, None
-            os.close(fd)
-
-
-def _read_fd(fd: int) -> str:
-    try:
-        return os.pread(fd, 1 << 16, 0).decode("utf-8", "replace")
-    except OSError:
-        return ""
-
-
-def _cmdline_is_ours(cmdline: list[str], label: str) -> bool:
-    has_module = any(a == "-m" and b == "worker" for a, b in itertools.pairwise(cmdline))
-    has_label = any(a == "--label" and b == label for a, b in itertools.pairwise(cmdline)) or (
-        f"--label={label}" in cmdline
-    )
-    return has_module and has_label
-
-
-def _gateway_connections(proc: psutil.Process, port: int) -> list[Any]:
-    return [
-        c
+def _holds_gateway_socket(proc: psutil.Process, peers: Collection[tuple[str, int]]) -> bool:
+    return any(
+        c.raddr and (normalise_address(c.raddr.ip), c.raddr.port) in peers and c.status != psutil.CONN_LISTEN
         for c in proc.net_connections(kind="tcp")
-        if c.raddr and c.raddr.port == port and c.status != psutil.CONN_LISTEN
-    ]
+    )
 
 
 def find_stale_worker(
-    record: LockRecord | None, *, host: str, port: int, client_id: int
+    record: LockRecord | None, *, addresses: Collection[str], port: int, client_id: int
 ) -> psutil.Process | None:
-    """Return the process named by ``record`` only if it is provably a stale worker of ours.
+    """The process ``record`` names, only if it provably is a stale worker of that dead manager.
 
-    Proof: the record is for this (host, port, client id); the pid is alive, not us, not a
-    zombie; its start time equals the recorded one (so the pid was not reused); its command line
-    runs ``-m worker`` with our label; and it has a TCP connection to the Gateway port (so it can
-    be what holds the client id). Anything short of that returns None and is left alone.
+    Proof, all of it: the record is for this port and client id and names its manager and worker
+    by pid and start time; that manager is gone; the worker pid is running with the recorded
+    start time (not reused), is not us, runs as this user ``-m worker`` with the record's label,
+    was born of that manager (its environment names it) and is orphaned from it; and it holds a
+    TCP connection to exactly one of the Gateway's addresses at ``port`` (so it can be what holds
+    the client id). Anything short of that returns None, with the reason logged.
     """
-    if record is None or record.worker_pid is None or record.worker_create_time is None:
+    if record is None or (record.port, record.client_id) != (port, client_id):
         return None
-    if (record.host, record.port, record.client_id) != (host, port, client_id):
+    manager, worker = record.manager, record.worker
+    if manager is None or worker is None or worker.pid in (os.getpid(), 1):
         return None
-    if record.worker_pid in (os.getpid(), 0, 1):
+    if pid_alive(manager.pid, manager.create_time):
+        log.info("the manager pid %d named by the lock is alive: its worker is not stale", manager.pid)
         return None
-    label = worker_label(host, port, client_id)
+    if not pid_alive(worker.pid, worker.create_time):
+        return None  # gone, a zombie, or the pid now belongs to another process
+    proc = psutil.Process(worker.pid)
+    label = worker_label(record.host, record.port, record.client_id)
+    peers = {(normalise_address(a), port) for a in addresses}
     try:
-        proc = psutil.Process(record.worker_pid)
-        if abs(proc.create_time() - record.worker_create_time) > 0.05:
-            log.info("pid %d is not our old worker (start time differs); left alone", proc.pid)
-            return None
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return None
-        if not _cmdline_is_ours(proc.cmdline(), label):
-            log.info("pid %d does not run '-m worker --label %s'; left alone", proc.pid, label)
-            return None
-        if not _gateway_connections(proc, port):
-            log.info("old worker pid %d has no connection to port %d; left alone", proc.pid, port)
-            return None
-        return proc
-    except (psutil.NoSuchProcess, psutil.ZombieProcess):
-        return None
+        if not is_our_worker(proc, label):
+            why = f"is not this user's '-m worker --label {label}'"
+        elif not born_of(proc, manager):
+            why = f"was not started by the dead manager pid {manager.pid}"
+        elif not _holds_gateway_socket(proc, peers):
+            why = f"holds no connection to the Gateway at {sorted(peers)}"
+        else:
+            return proc
     except psutil.AccessDenied:
-        log.warning("pid %d: access denied while checking it; left alone", record.worker_pid)
+        why = "cannot be inspected (access denied)"
+    except psutil.Error:
         return None
+    log.info("pid %d named by the lock %s; left alone", worker.pid, why)
+    return None
 
 
-def _gone(proc: psutil.Process) -> bool:
-    try:
-        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
-    except (psutil.NoSuchProcess, psutil.ZombieProcess):
-        return True
+class _Stale:
+    """A proven stale worker as the retire ladder sees it: no stdin of ours; signals through
+    psutil, which refuses if the pid has been reused since it was proven."""
 
+    def __init__(self, proc: psutil.Process) -> None:
+        self.proc, self.pid = proc, proc.pid
 
-def _wait_gone(proc: psutil.Process, timeout: float) -> bool:
-    # Polls instead of psutil.wait(): waitpid() here could steal the exit status of a child that
-    # its own parent (possibly this process's event loop) is waiting for.
-    deadline = time.monotonic() + timeout
-    while True:
-        if _gone(proc):
+    async def close_input(self) -> bool:
+        return False
+
+    def signal(self, sig: signal.Signals) -> None:
+        try:
+            self.proc.send_signal(sig)
+        except psutil.Error:
+            pass
+
+    def _gone(self) -> bool:
+        try:
+            return not self.proc.is_running() or self.proc.status() == psutil.STATUS_ZOMBIE
+        except psutil.Error:
             return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.01)
+
+    async def wait_exit(self, timeout: float) -> bool:
+        # Polls instead of waitpid(): that could steal the exit status of a child whose own
+        # parent (possibly this process's event loop) is waiting for it.
+        with anyio.move_on_after(timeout):
+            while not self._gone():
+                await anyio.sleep(0.01)
+            return True
+        return self._gone()
 
 
-def end_process(proc: psutil.Process, *, term_grace: float = 2.0, kill_grace: float = 2.0) -> bool:
-    """SIGTERM (plus SIGCONT, so a stopped process can act on it), wait, SIGKILL, wait.
-
-    Signals go through psutil, which refuses if the pid has been reused since ``proc`` was made.
-    Blocking: call it from a worker thread. Returns True once the process is gone.
-    """
-    try:
-        proc.send_signal(signal.SIGTERM)
-        proc.send_signal(signal.SIGCONT)
-    except (psutil.NoSuchProcess, psutil.ZombieProcess):
-        return True
-    if _wait_gone(proc, term_grace):
-        return True
-    try:
-        proc.send_signal(signal.SIGKILL)
-    except (psutil.NoSuchProcess, psutil.ZombieProcess):
-        return True
-    return _wait_gone(proc, kill_grace)
-
-
-def reap_stale_worker(
+async def reap_stale_worker(
     record: LockRecord | None,
     *,
-    host: str,
+    addresses: Collection[str],
     port: int,
     client_id: int,
-    term_grace: float = 2.0,
-    kill_grace: float = 2.0,
+    term_grace: float,
     min_age: float = 0.0,
 ) -> int | None:
-    """End the stale worker ``record`` names if it is provably ours; return its pid if ended.
+    """End the stale worker ``record`` names if it is provably ours; its pid if it was ended.
 
     A worker younger than ``min_age`` (the manager's min_session) is left to reach that age
     first: its session is younger still, and closing it would be the fast close that turns a
-    Gateway's API layer RED. Blocking: call it from a worker thread.
-    """
-    proc = find_stale_worker(record, host=host, port=port, client_id=client_id)
-    if proc is None:
+    Gateway's API layer RED. SIGTERM, ``term_grace``, SIGKILL (no stdin EOF: not our child)."""
+    find = partial(find_stale_worker, record, addresses=addresses, port=port, client_id=client_id)
+    proc = await anyio.to_thread.run_sync(find)
+    if proc is None or record is None:
         return None
     try:
         young_for = proc.create_time() + min_age - time.time()
     except psutil.Error:
         young_for = 0.0
     if young_for > 0:
-        log.info(
-            "stale worker pid %d is only %.2f s old: ending it in %.2f s (min_session)",
-            proc.pid,
-            min_age - young_for,
-            young_for,
-        )
-        time.sleep(young_for)
+        log.info("stale worker pid %d is young: ending it in %.2f s (min_session)", proc.pid, young_for)
+        await anyio.sleep(young_for)
     log.warning(
-        "ending stale worker pid %d left by manager pid %s (it holds client id %d at %s:%d)",
+        "ending stale worker pid %d of dead manager pid %d (it holds client id %d at port %d)",
         proc.pid,
-        record.manager_pid if record else "?",
+        record.manager_pid,
         client_id,
-        host,
         port,
     )
-    if end_process(proc, term_grace=term_grace, kill_grace=kill_grace):
+    if await retire(_Stale(proc), eof=False, eof_grace=0.0, term_grace=term_grace):
         return proc.pid
-    log.error("stale worker pid %d survived SIGKILL", proc.pid)
     return None

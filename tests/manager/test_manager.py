@@ -24,17 +24,17 @@ from fsm.errors import (
     NotConnected,
     RequestTimeout,
 )
+from fsm.lockfile import lock_path
 from fsm.manager import ConnectionManager, Notice, StateChange, Subscription
 from fsm.settings import Settings
 from fsm.status import read_status, status_path
-from fsm.zombies import lock_path
 
 pytestmark = pytest.mark.anyio
 
 PORT = 4002  # the fake worker never opens it
 
 # Speaks the worker protocol from a script. FAKE_CONNECT_ERROR makes connect fail with that code;
-# FAKE_PING_ERROR makes every ping fail. On stdin EOF it sends the events a dying session would
+# FAKE_PROBE_ERROR makes every liveness probe fail. On stdin EOF it sends the events a dying session would
 # (session_lost, 1100): they come from a retiring worker and must be dropped.
 FAKE_WORKER = r"""
 import json, os, sys
@@ -64,10 +64,12 @@ for line in sys.stdin:
             out({"event": "ib_error", "data": {"code": 2104, "req_id": -1,
                                                "message": "Market data farm connection is OK"}})
     elif cmd == "ping":
-        if os.environ.get("FAKE_PING_ERROR"):
-            err(rid, "request_timeout", "ping: no answer")
+        ok(rid, {"gateway_time": 1.0, "latency_ms": 0.1})
+    elif cmd == "probe":
+        if os.environ.get("FAKE_PROBE_ERROR"):
+            err(rid, "gateway_silent", "probe: no bytes from the Gateway")
         else:
-            ok(rid, {"gateway_time": 1.0, "latency_ms": 0.1})
+            ok(rid, {"age_ms": 1.0, "sent": False, "waited_ms": 0.0, "user_backlog": 0})
     elif cmd == "positions":
         err(rid, "gateway_error", "positions: Gateway error 321", ib_code=321)
     elif cmd == "accounts":
@@ -185,9 +187,9 @@ async def test_handshake_errors_map_to_reasons(
 async def test_events_from_a_retiring_worker_are_dropped(
     tmp_path: Path, fake_argv: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Pings fail: probe_failed -> retry, which retires the worker; on its way out it reports
+    # Probes fail: probe_failed -> retry, which retires the worker; on its way out it reports
     # session_lost and 1100. Those are stale: they must not move the new attempt.
-    monkeypatch.setenv("FAKE_PING_ERROR", "1")
+    monkeypatch.setenv("FAKE_PROBE_ERROR", "1")
     async with ConnectionManager(quick(tmp_path), worker_argv=fake_argv) as m:
         await poll_until(lambda: m.metrics()["workers_spawned"] >= 3, 20, "two retries")
         await m.wait_connected(10)
@@ -283,7 +285,7 @@ async def test_subscription_drops_oldest_and_marks_it() -> None:
     closed: list[Subscription] = []
     sub = Subscription(3, closed.append)
     for i in range(5):
-        sub._put(Notice(float(i), "farm", i, "", i))
+        sub.put(Notice(float(i), "farm", i, "", i))
     sub.close()
     got = [n async for n in sub]
     assert [n.code for n in got] == [2, 3, 4]

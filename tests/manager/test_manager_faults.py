@@ -21,18 +21,18 @@ from support.manager import (
     assert_session_invariants,
     await_recovery,
     fast_settings,
+    orphan_connect,
     poll_until,
     record,
     session_older_than_window,
-    stale_worker_connect,
-    start_stale_worker,
+    start_orphan_worker,
     write_dead_manager_lock,
 )
 
 from fsm.core import Reason, State
 from fsm.errors import NotConnected, WorkerDied
+from fsm.lockfile import lock_path
 from fsm.manager import ConnectionManager, Notice
-from fsm.zombies import lock_path
 from gatewaysim import Faults, GatewaySim
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("report_recoveries")]
@@ -99,16 +99,15 @@ async def test_warm_spare_is_adopted_on_respawn(tmp_path: Path, request: pytest.
         async with ConnectionManager(settings) as m:
             await session_older_than_window(m)
             await poll_until(lambda: m.metrics()["spares_spawned"] == 1, 10, "a ready spare")
-            spare = m._spare
-            assert spare is not None
-            await poll_until(lambda: spare.ready_pid is not None, 10, "the spare's ready event")
+            await poll_until(lambda: m.spare_pid is not None, 10, "the spare's ready event")
+            spare = m.spare_pid
             assert len(sim.sessions) == 1  # the spare holds no socket to the Gateway
             old = m.worker_pid
             assert old is not None
             t0 = time.monotonic_ns()
             os.kill(old, signal.SIGKILL)
             await await_recovery(m, label(request), "worker SIGKILL -> CONNECTED (warm spare)", t0)
-            assert m.worker_pid == spare.pid
+            assert m.worker_pid == spare
             assert m.metrics()["spares_adopted"] == 1
             await assert_session_invariants(m, sim, CID)
         await assert_clean_exit(m, sim)
@@ -182,13 +181,13 @@ async def test_stale_worker_of_a_killed_manager_is_reaped_at_start(
 ) -> None:
     # The zombie's own age is not under test: the fast-close watch goes on once it is gone.
     async with GatewaySim() as sim:
-        stale = await start_stale_worker(HOST, sim.port, CID)
+        stale = await start_orphan_worker(tmp_path, HOST, sim.port, CID)
         try:
-            assert (await stale_worker_connect(stale, HOST, sim.port, CID))["status"] == "success"
-            write_dead_manager_lock(tmp_path, HOST, sim.port, CID, stale.pid)
+            assert (await orphan_connect(stale, HOST, sim.port, CID))["status"] == "success"
+            write_dead_manager_lock(tmp_path, HOST, sim.port, CID, stale)
             t0 = time.monotonic_ns()
             async with ConnectionManager(fast_settings(tmp_path, sim.port, CID)) as m:
-                assert await stale.wait() == -signal.SIGTERM  # ended before our first spawn
+                await stale.wait_gone()  # ended before our first spawn
                 await sim.wait_until(lambda x: any(c.pid == stale.pid for c in x.client_closes), 5)
                 sim.red_on_fast_close(FAST_CLOSE_WINDOW)
                 await await_recovery(m, label(request), "start with zombie -> reaped -> CONNECTED", t0)
@@ -197,9 +196,7 @@ async def test_stale_worker_of_a_killed_manager_is_reaped_at_start(
                 await assert_session_invariants(m, sim, CID)
             await assert_clean_exit(m, sim)
         finally:
-            if stale.returncode is None:
-                stale.kill()
-            await stale.wait()
+            await stale.aclose()
 
 
 async def test_stale_worker_holding_the_id_gives_326_then_is_reaped(
@@ -207,9 +204,9 @@ async def test_stale_worker_holding_the_id_gives_326_then_is_reaped(
 ) -> None:
     async with GatewaySim() as sim:
         sim.down_for(600)
-        stale = await start_stale_worker(HOST, sim.port, CID)
+        stale = await start_orphan_worker(tmp_path, HOST, sim.port, CID)
         try:
-            write_dead_manager_lock(tmp_path, HOST, sim.port, CID, stale.pid)
+            write_dead_manager_lock(tmp_path, HOST, sim.port, CID, stale)
             # A longer backoff (>= 0.6 s with jitter) leaves the zombie time to take the id
             # (tens of ms) between two attempts.
             s = fast_settings(tmp_path, sim.port, CID, backoff_initial=0.75, backoff_max=1.5)
@@ -219,11 +216,11 @@ async def test_stale_worker_holding_the_id_gives_326_then_is_reaped(
                 assert m.metrics().get("zombies_reaped", 0) == 0  # it held no connection: left
                 sim.restart()
                 await sim.wait_until(lambda x: x.listening, 5)
-                assert (await stale_worker_connect(stale, HOST, sim.port, CID))["status"] == "success"
+                assert (await orphan_connect(stale, HOST, sim.port, CID))["status"] == "success"
                 assert m.state == State.DEGRADED_RED  # still backing off: the zombie got there first
                 t0 = time.monotonic_ns()
                 await poll_until(lambda: m.metrics()["client_id_in_use"] >= 1, 15, "a 326")
-                assert await stale.wait() == -signal.SIGTERM
+                await stale.wait_gone()
                 await sim.wait_until(lambda x: any(c.pid == stale.pid for c in x.client_closes), 5)
                 sim.red_on_fast_close(FAST_CLOSE_WINDOW)
                 await await_recovery(m, label(request), "326 by zombie -> reaped -> CONNECTED", t0)
@@ -232,9 +229,7 @@ async def test_stale_worker_holding_the_id_gives_326_then_is_reaped(
                 await assert_session_invariants(m, sim, CID)
             await assert_clean_exit(m, sim)
         finally:
-            if stale.returncode is None:
-                stale.kill()
-            await stale.wait()
+            await stale.aclose()
 
 
 async def test_client_id_hold_by_the_gateway(tmp_path: Path, request: pytest.FixtureRequest) -> None:

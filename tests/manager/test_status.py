@@ -1,41 +1,153 @@
-"""Status snapshot: atomic writes, readable by another process, stale managers flagged."""
+"""Status snapshots and the state dir: atomic writes, nothing trusted that is not provably ours,
+a dead manager never taken for a live one (pid *and* start time)."""
 
 from __future__ import annotations
 
 import json
 import os
+import stat
+import subprocess
+import sys
 from pathlib import Path
 
-from fsm.status import read_all, read_status, status_path, write_status
+import pytest
+
+from fsm.errors import UnsafeStateDir
+from fsm.pids import process_id
+from fsm.settings import Settings
+from fsm.statedir import MAX_STATE_FILE_BYTES, ensure_state_dir
+from fsm.status import UNKNOWN, read_all, read_status, snapshot, status_path, write_status
 
 
-def test_write_then_read_roundtrip_leaves_no_temp_files(tmp_path: Path) -> None:
-    path = status_path(tmp_path / "sub", "127.0.0.1", 4002, 5)
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "state"
+    ensure_state_dir(d)
+    return d
+
+
+def mine(state: str = "CONNECTED", **extra: object) -> dict[str, object]:
+    me = process_id()
+    assert me is not None
+    snap = snapshot(
+        Settings(host="localhost", port=4002, client_id=5),
+        metrics={"state": state, "reason": None, "sessions": 1, "time_in_state_ns": {"IDLE": 2_000_000}},
+        since=1.0,
+        address="127.0.0.1",
+        manager=me,
+        farms={2104: "ok"},
+        last_error=None,
+        stopped=False,
+    )
+    snap.update(extra)
+    return snap
+
+
+def test_write_then_read_roundtrip_leaves_no_temp_files(state_dir: Path) -> None:
+    path = status_path(state_dir, "127.0.0.1", 4002, 5)
     assert path.name == "status-127.0.0.1-4002-5.json"
-    snap = {"state": "CONNECTED", "client_id": 5, "manager_pid": os.getpid(), "worker_pid": 1}
-    write_status(path, snap)
-    write_status(path, dict(snap, state="DEGRADED_RED"))
+    write_status(path, mine())
+    write_status(path, mine("DEGRADED_RED"))
     got = read_status(path)
     assert got is not None
     assert got["state"] == "DEGRADED_RED" and got["manager_alive"] is True
-    assert isinstance(got["updated_at"], float)
+    assert got["counters"] == {"sessions": 1, "time_in_IDLE_s": 0.002}
+    assert got["farms"] == {"2104": "ok"} and isinstance(got["updated_at"], float)
     assert [p.name for p in path.parent.iterdir()] == [path.name]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert json.loads(path.read_text())["client_id"] == 5
 
 
-def test_dead_or_stopped_manager_is_not_alive(tmp_path: Path) -> None:
-    a = status_path(tmp_path, "::1", 4002, 1)
-    b = status_path(tmp_path, "127.0.0.1", 4002, 2)
-    write_status(a, {"state": "CONNECTED", "manager_pid": 999_999_999})
-    write_status(b, {"state": "IDLE", "manager_pid": os.getpid(), "stopped": True})
-    assert read_status(a)["manager_alive"] is False
-    assert read_status(b)["manager_alive"] is False
-    assert [s["state"] for s in read_all(tmp_path)] == ["IDLE", "CONNECTED"]
+def test_dead_stopped_or_reused_pid_manager_is_not_alive(state_dir: Path) -> None:
+    me = process_id()
+    assert me is not None
+    cases = {
+        "dead": mine(manager_pid=999_999_999),
+        "stopped": mine(stopped=True),
+        # pid reuse: our pid, but the snapshot's manager started at another time
+        "reused": mine(manager_create_time=me.create_time - 100),
+        "no_start_time": mine(manager_create_time=None),
+    }
+    for name, snap in cases.items():
+        write_status(status_path(state_dir, name, 4002, 1), snap)
+    got = {Path(s["path"]).name.split("-")[1]: s for s in read_all(state_dir)}
+    assert {k: v["manager_alive"] for k, v in got.items()} == dict.fromkeys(cases, False)
 
 
-def test_missing_or_damaged_reads_as_none(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"{not json",
+        b"[" * 200_000 + b"]" * 200_000,
+        b'{"state": "CONNECTED", "manager_pid": 1' + b"0" * 500 + b', "manager_create_time": 1.0}',
+        b'{"state": ' + b"1" * 40 + b"}",
+        b'{"state": "CONNECTED", "pad": "' + b"x" * MAX_STATE_FILE_BYTES + b'"}',
+    ],
+    ids=["garbage", "nested", "huge_pid", "state_not_text", "oversized"],
+)
+def test_damaged_snapshots_read_as_unknown_with_a_warning(state_dir: Path, content: bytes) -> None:
+    path = status_path(state_dir, "h", 1, 1)
+    path.write_bytes(content)
+    snap = read_status(path)
+    assert snap is not None
+    if snap["state"] != UNKNOWN:  # a huge pid is a valid number: it just names no live manager
+        assert snap["manager_alive"] is False
+    else:
+        assert "\n" not in snap["warning"] and snap["manager_alive"] is False
+
+
+def test_a_fifo_or_a_link_to_dev_zero_never_hangs_the_reader(state_dir: Path, tmp_path: Path) -> None:
+    os.mkfifo(status_path(state_dir, "fifo", 1, 1))
+    status_path(state_dir, "zero", 1, 1).symlink_to("/dev/zero")
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * (MAX_STATE_FILE_BYTES * 4))
+    status_path(state_dir, "link", 1, 1).symlink_to(big)
+    # in a child process, so that a regression fails by timeout instead of hanging the suite
+    code = (
+        "import sys; from fsm.status import read_all\n"
+        "for s in read_all(sys.argv[1]): print(s['state'], s.get('warning'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(state_dir)], capture_output=True, timeout=20)
+    assert out.returncode == 0, out.stderr
+    lines = sorted(out.stdout.decode().splitlines())
+    assert len(lines) == 3 and all(line.startswith(UNKNOWN) for line in lines), lines
+    assert "not a regular file" in lines[0] and "symbolic link" in lines[1] and "symbolic link" in lines[2]
+
+
+def test_missing_dir_or_file_reads_as_nothing(tmp_path: Path) -> None:
     assert read_status(tmp_path / "nope.json") is None
-    bad = tmp_path / "status-x-1-1.json"
-    bad.write_text("{not json")
-    assert read_status(bad) is None
-    assert read_all(tmp_path) == []
+    assert read_all(tmp_path / "absent") == []
+
+
+def test_state_dir_is_created_private(tmp_path: Path) -> None:
+    d = tmp_path / "a" / "b"
+    assert ensure_state_dir(d)
+    assert stat.S_IMODE(d.stat().st_mode) == 0o700
+
+
+@pytest.mark.parametrize("what", ["symlink", "file", "other_writable", "other_owner"])
+def test_a_state_dir_not_ours_is_refused(tmp_path: Path, what: str) -> None:
+    d = tmp_path / "state"
+    if what == "symlink":
+        real = tmp_path / "real"
+        real.mkdir(mode=0o700)
+        d.symlink_to(real)
+    elif what == "file":
+        d.write_text("root:x:0:0::/root:/bin/sh\n")  # IBGW_STATE_DIR=/etc/passwd
+    else:
+        d.mkdir(mode=0o700)
+        if what == "other_writable":
+            d.chmod(0o777)
+        else:
+            os.chown(d, 65534, 65534)
+    expected = {
+        "symlink": "symbolic link",
+        "file": "not a directory",
+        "other_writable": "writable by group or others",
+        "other_owner": "owned by uid 65534",
+    }[what]
+    with pytest.raises(UnsafeStateDir, match=expected):
+        ensure_state_dir(d)
+    if what != "other_owner":  # root may read a user's dir (sudo ibgw doctor), never write it
+        with pytest.raises(UnsafeStateDir, match=expected):
+            read_all(d)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,11 @@ import anyio.abc
 import psutil
 
 from fsm.core import State
+from fsm.lockfile import LockRecord, lock_path
 from fsm.manager import ConnectionManager
+from fsm.pids import ProcessId, pid_alive, worker_label
 from fsm.settings import Settings
 from fsm.status import read_status, status_path
-from fsm.zombies import lock_path, worker_label
 from gatewaysim import GatewaySim
 
 FAST_CLOSE_WINDOW = 0.25  # the sim's red_on_fast_close window; settings.min_session is longer
@@ -144,15 +146,57 @@ async def assert_clean_exit(
         assert sim.green
 
 
-async def start_stale_worker(host: str, port: int, client_id: int) -> anyio.abc.Process:
-    """A real `python -m worker` with our label, as a killed manager would have left it."""
+# A manager in miniature: starts a real worker the way ConnectionManager does (its own session,
+# IBGW_MANAGER naming this process), hands it its own stdin/stdout, writes its marker, and dies.
+ORPHAN_MAKER = r"""
+import os, subprocess, sys
+import psutil
+marker_path, label = sys.argv[1], sys.argv[2]
+me = psutil.Process()
+marker = f"{me.pid}:{me.create_time()!r}"
+env = dict(os.environ, IBGW_MANAGER=marker)
+subprocess.Popen([sys.executable, "-m", "worker", "--label", label], env=env, start_new_session=True)
+with open(marker_path, "w") as f:
+    f.write(marker)
+"""
+
+
+@dataclass
+class Orphan:
+    """A real worker whose manager has died (as after a SIGKILL); talk to it over ``pipes``."""
+
+    pid: int
+    create_time: float
+    manager: ProcessId
+    pipes: anyio.abc.Process  # the dead manager's handle: its stdin/stdout are the worker's
+
+    @property
+    def ident(self) -> ProcessId:
+        return ProcessId(self.pid, self.create_time)
+
+    async def wait_gone(self, timeout: float = 10) -> None:
+        await poll_until(lambda: not pid_alive(self.pid, self.create_time), timeout, f"pid {self.pid} gone")
+
+    async def aclose(self) -> None:
+        if pid_alive(self.pid, self.create_time):
+            psutil.Process(self.pid).kill()
+        await self.pipes.aclose()
+
+
+async def start_orphan_worker(tmp: Path, host: str, port: int, client_id: int) -> Orphan:
+    """A real `python -m worker` with our label, left behind by a manager that has died."""
+    marker = tmp / f"orphan-{time.monotonic_ns()}.marker"
+    label = worker_label(host, port, client_id)
     proc = await anyio.open_process(
-        [sys.executable, "-m", "worker", "--label", worker_label(host, port, client_id)],
-        stderr=subprocess.DEVNULL,
+        [sys.executable, "-c", ORPHAN_MAKER, str(marker), label], stderr=subprocess.DEVNULL
     )
-    line = await _read_line(proc)
-    assert json.loads(line)["event"] == "ready"
-    return proc
+    ready = json.loads(await _read_line(proc))
+    assert ready["event"] == "ready"
+    assert await proc.wait() == 0
+    manager = ProcessId.from_marker(marker.read_text())
+    assert manager is not None and not pid_alive(manager.pid, manager.create_time)
+    pid = ready["data"]["pid"]
+    return Orphan(pid, psutil.Process(pid).create_time(), manager, proc)
 
 
 async def _read_line(proc: anyio.abc.Process) -> bytes:
@@ -164,9 +208,8 @@ async def _read_line(proc: anyio.abc.Process) -> bytes:
     return buf
 
 
-async def stale_worker_connect(
-    proc: anyio.abc.Process, host: str, port: int, client_id: int
-) -> dict[str, Any]:
+async def orphan_connect(orphan: Orphan, host: str, port: int, client_id: int) -> dict[str, Any]:
+    proc = orphan.pipes
     assert proc.stdin is not None
     msg = {
         "id": 1,
@@ -180,22 +223,19 @@ async def stale_worker_connect(
             return out
 
 
-def write_dead_manager_lock(state_dir: Path, host: str, port: int, client_id: int, worker_pid: int) -> Path:
-    """The lock file exactly as a manager killed with SIGKILL leaves it (no flock held)."""
-    dead = psutil.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
+def write_dead_manager_lock(state_dir: Path, host: str, port: int, client_id: int, orphan: Orphan) -> Path:
+    """The lock file exactly as the orphan's manager, killed with SIGKILL, leaves it (no flock)."""
     path = lock_path(state_dir, host, port, client_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        json.dumps(
-            {
-                "manager_pid": dead.pid,
-                "worker_pid": worker_pid,
-                "worker_create_time": psutil.Process(worker_pid).create_time(),
-                "host": host,
-                "port": port,
-                "client_id": client_id,
-            }
-        )
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    rec = LockRecord(
+        manager_pid=orphan.manager.pid,
+        manager_create_time=orphan.manager.create_time,
+        worker_pid=orphan.pid,
+        worker_create_time=orphan.create_time,
+        host=host,
+        addresses=(host,),
+        port=port,
+        client_id=client_id,
     )
+    path.write_bytes(rec.dumps())
     return path
