@@ -16,19 +16,17 @@ from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
 from . import history, wire
-from .gateway import Component, Gateway
+from .gateway import TEXT_2103, Component, Gateway
 from .instruments import Instrument, by_con_id, lookup
 from .pacing import Budget, HistoricalPacing, Limits
 from .prices import NS, Bar, PriceProcess, Quote
 from .scheduler import Timer
-from .session import Session
+from .session import FARMS_OK, Session
 
 log = logging.getLogger("gatewaysim")
 
 DELAY_NS = 15 * 60 * NS  # IB's delayed data lags 15 minutes
 PERMISSIONS = ("live", "delayed", "none")
-TEXT_2103 = "Market data farm connection is broken:usfarm"
-TEXT_2104 = "Market data farm connection is OK:usfarm"
 TEXT_10167 = "Requested market data is not subscribed. Displaying delayed market data."
 TEXT_10168 = "Requested market data is not subscribed. Delayed market data is not enabled."
 TEXT_354_DELAYED = "Requested market data is not subscribed. Delayed market data is available."
@@ -274,7 +272,7 @@ class Market(Component):
                 st.next_start_ns = now - now % (5 * NS)
             elif isinstance(st, TickByTick):
                 st.last_tick = self.prices.tick_index(now)
-        n = self.gateway.broadcast(2104, TEXT_2104)
+        n = self.gateway.broadcast(*FARMS_OK[0])  # 2104 usfarm OK
         self.gateway.emit("farm_restored", f"2104 to {n} session(s)")
 
     def pacing_violation(self, count: int = 1) -> None:
