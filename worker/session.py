@@ -2,15 +2,19 @@
 
 Phases: idle -> connecting -> connected -> lost, or connecting -> failed.
 
-Reuse after a failure (decided here, tested in tests/test_worker_gateway.py): a failed connect
-whose socket the guard left open (handshake_timeout, a start-up sync cut off by the deadline) makes
+Reuse after a failure (decided here, tested in tests/worker/): a failed connect whose socket the
+guard left open (handshake_timeout, a start-up sync cut off by the deadline, server_version_too_old
+and not_a_gateway, whose socket worker.inbound stopped reading) makes
 the worker *spent*: that half-open ib_async client is never reused (its Connection would first
 try to close the old transport, and wait forever for a close the guard suppresses), and no second
 socket is opened beside it (a second session from the same process, likely with the same client
 id, is exactly the zombie pattern this project removes). Such a `connect` is answered
 `worker_spent`; the manager retries by spawning a fresh worker. If the failed attempt left no
-socket open (connection refused; the Gateway closed it after 326 or mid-handshake; a session the
-Gateway dropped) a new `connect` builds a fresh IB() in the same worker.
+socket open (connection refused, dns_failure; the Gateway closed it after 326 or mid-handshake; a
+session the Gateway dropped) a new `connect` builds a fresh IB() in the same worker.
+
+Requests in flight when a connected session ends answer `session_lost`; the `session_lost` event
+says why (`peer_closed`, or `not_a_gateway` when the peer broke the wire format).
 """
 
 from __future__ import annotations
