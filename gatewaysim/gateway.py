@@ -21,7 +21,7 @@ from .accounts import AccountBook
 from .broker import Broker
 from .faults import Faults, check_drop_mode, check_seconds, check_sync_name, check_window
 from .observe import CloseRecord, Counters, SessionInfo, SimEvent
-from .orderflow import Desk
+from .orderflow import REJECT_REASON, Desk
 from .scheduler import Scheduler
 from .session import FARMS_OK, TEXT_1100, Session
 
@@ -95,7 +95,7 @@ class Gateway:
         self.on_change: Callable[[], None] = lambda: None  # the driver's wake-up
         self.scheduler = Scheduler(clock, self.changed)
         self.book = AccountBook(self.accounts)
-        self.desk = Desk(self)
+        self.desk = Desk(self, rejects=faults.reject_orders, partial_fills=faults.partial_fills)
         if self.red:
             self.counters.red_episodes += 1
 
@@ -107,7 +107,8 @@ class Gateway:
 
     @property
     def faults(self) -> Faults:
-        return self._faults
+        """The faults now in force (reject_orders: the rejections still pending)."""
+        return replace(self._faults, reject_orders=len(self.desk.reject_reasons))
 
     @property
     def broker(self) -> Broker:
@@ -271,7 +272,7 @@ class Gateway:
         self._faults = replace(self._faults, read_only_api=bool(on))
         self.emit("fault", f"read_only_api={bool(on)}")
 
-    def reject_next_order(self, reason: str = "Simulated rejection") -> None:
+    def reject_next_order(self, reason: str = REJECT_REASON) -> None:
         """The next new order gets error 201 "Order rejected - reason:<reason>" and never exists."""
         if not reason.isascii():
             raise ValueError("the reason travels in an error text: ASCII only")

@@ -26,16 +26,17 @@ TEXT_321_READ_ONLY = (
 TEXT_321_ACCOUNT = "Error validating request.-'bW' : cause - The account code is required for this operation."
 TEXT_200 = "No security definition has been found for the request"
 REJECT_REASON = "Simulated rejection"
+MIN_MATCH_PERIOD = 0.02  # s between matching runs at high tick rates (each run catches up)
 
 
 class Desk:
     """One per Gateway; `broker` is the pure order book it drives."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, *, rejects: int, partial_fills: bool) -> None:
         self.gateway = gateway
         self.broker = Broker(gateway.book, PriceProcess(gateway.seed, gateway.tick_rate), self._now_ns())
-        self.broker.partial_fills = gateway.faults.partial_fills
-        self.reject_reasons: list[str] = [REJECT_REASON] * gateway.faults.reject_orders
+        self.broker.partial_fills = partial_fills
+        self.reject_reasons: list[str] = [REJECT_REASON] * rejects
         self._timer: Timer | None = None
 
     def _now_ns(self) -> int:
@@ -182,7 +183,8 @@ class Desk:
     def _keep_matching(self) -> None:
         working = bool(self.broker.working_orders())
         if working and self._timer is None:
-            self._timer = self.gateway.scheduler.call_every(1 / self.gateway.tick_rate, self._tick)
+            period = max(1 / self.gateway.tick_rate, MIN_MATCH_PERIOD)
+            self._timer = self.gateway.scheduler.call_every(period, self._tick)
         elif not working and self._timer is not None:
             self._timer.cancel()
             self._timer = None

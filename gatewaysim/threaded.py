@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import anyio
 from anyio.from_thread import BlockingPortal
 
+from .orderflow import REJECT_REASON
 from .server import GatewaySim
 
 START_TIMEOUT = 10.0
@@ -86,7 +87,7 @@ class ThreadedSim:
     def read_only_api(self, on: bool) -> None:
         self.call("read_only_api", on)
 
-    def reject_next_order(self, reason: str = "Simulated rejection") -> None:
+    def reject_next_order(self, reason: str = REJECT_REASON) -> None:
         self.call("reject_next_order", reason)
 
     def drop_on_place(self, mode: str | None) -> None:

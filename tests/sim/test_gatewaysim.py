@@ -456,7 +456,7 @@ def test_cli_takes_the_order_and_market_faults() -> None:
         "stall_sync": None,
         "client_id_hold": None,
         "read_only_api": True,
-        "reject_orders": 2,
+        "reject_orders": 3,  # two from the start, one from the prompt, none used yet
         "drop_on_place": "discard",
         "fill_while_away": True,
         "partial_fills": True,
