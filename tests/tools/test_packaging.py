@@ -126,8 +126,10 @@ def test_installed_ibgw_diagram_check_works_on_the_checkout_around_it(
     ibgw = str(installed / "bin" / "ibgw")
     repo = tmp_path / "checkout"
     shutil.copytree(source, repo, ignore=shutil.ignore_patterns("build", "*.egg-info"))
-    fresh = _run(installed, repo / "fsm", ibgw, "diagram", "--check")
-    assert fresh.returncode == 0, fresh.stdout + fresh.stderr
+    made = _run(installed, repo / "fsm", ibgw, "diagram")  # from a subfolder of the checkout
+    assert made.returncode == 0 and str(installed) not in made.stdout, made.stdout + made.stderr
+    fresh = _run(installed, repo, ibgw, "diagram", "--check")
+    assert fresh.returncode == 0 and "up to date" in fresh.stdout, fresh.stdout + fresh.stderr
     mmd = repo / "diagrams" / "connection.mmd"
     mmd.write_text(mmd.read_text() + "%% hand edit\n")
     stale = _run(installed, repo, ibgw, "diagram", "--check")
