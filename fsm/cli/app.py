@@ -17,10 +17,10 @@ from typing import Any, NoReturn
 
 import click
 
+from fsm import IbgwError, SettingsError
 from fsm.cli.exits import CliError, Exit, epilog
 from fsm.cli.params import FiniteRange, build_settings, connection_options, state_dir_option
 from fsm.cli.text import one_line, printable
-from fsm.errors import IbgwError, SettingsError
 
 
 class _Group(click.Group):
@@ -132,17 +132,16 @@ def status(
 ) -> int:
     """Show the managers' status snapshots (reads files; never contacts the Gateway).
 
-    Exit 0 when every live manager shown is CONNECTED, 1 when one is not (or its manager died),
-    4 when no snapshot matches.
+    Exit 0 when every live manager shown is CONNECTED, 1 when one is not (or its manager died, or
+    its snapshot cannot be trusted), 4 when no snapshot matches.
     """
     from fsm.status import read_all
 
     settings = build_settings(uses={"state_dir"}, state_dir=state_dir)
-    snaps = read_all(settings.state_dir) if Path(settings.state_dir).is_dir() else []
     snaps = [
         s
-        for s in snaps
-        if (host is None or s.get("host") == host)
+        for s in read_all(settings.state_dir)
+        if (host is None or host in (s.get("host"), s.get("address")))
         and (port is None or s.get("port") == port)
         and (client_id is None or s.get("client_id") == client_id)
     ]

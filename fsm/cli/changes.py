@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from fsm import Notice, StateChange
 from fsm.cli.text import printable
-from fsm.manager import Notice, StateChange
 
 
 def describe(change: StateChange | Notice) -> str:

@@ -3,27 +3,33 @@
 It reads the kernel's socket table and process list (psutil), the lock files and status
 snapshots in the state directory — and nothing else. It never opens a connection to the
 Gateway, not even a bare TCP connect: a connectivity pre-test was one of the ways the original
-system turned the Gateway's API layer RED.
+system turned the Gateway's API layer RED. What is alive and what is ours is judged by the same
+functions the manager acts on (fsm.pids, fsm.lockfile, fsm.zombies), never by a rule of its own.
 """
 
 from __future__ import annotations
 
-import itertools
-import json
-from collections.abc import Callable, Iterable
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import psutil
 
 from fsm.cli.text import in_state_for
+from fsm.lockfile import read_lock
+from fsm.pids import MANAGER_ENV, ProcessId, is_our_worker, label_of, pid_alive, worker_label
+from fsm.statedir import UntrustedFile, ensure_state_dir
+from fsm.status import UNKNOWN, read_all
+from fsm.zombies import find_stale_worker
 
-LABEL_PREFIX = "ibgw-fsm:"
 
-OK = "ok"
-NOTE = "note"
-ATTENTION = "attention"
+class Level(StrEnum):
+    OK = "ok"
+    NOTE = "note"
+    ATTENTION = "attention"
 
 
 @dataclass(slots=True)
@@ -34,9 +40,9 @@ class Owner:
     name: str = "?"
     cmdline: str = ""
     status: str = "?"  # psutil status: running, sleeping, stopped, zombie, ...
-    ours: bool = False  # a `python -m worker --label ibgw-fsm:...` process
+    ours: bool = False  # this user's `python -m worker --label ibgw-fsm:...`
     label: str | None = None
-    parent_alive: bool | None = None
+    manager_alive: bool | None = None  # None: the worker does not name its manager
 
 
 @dataclass(slots=True)
@@ -52,20 +58,22 @@ class SocketRow:
 
 @dataclass(slots=True)
 class LockRow:
-    """A manager lock file and whether the pids it names are still alive."""
+    """A manager lock file: what it names, who of that is alive, or why it cannot be read."""
 
     path: str
-    manager_pid: int | None
-    manager_alive: bool
-    worker_pid: int | None
-    worker_alive: bool
-    worker_ours: bool
-    data: dict[str, Any]
+    problem: str | None = None  # one line: why the file is not a lock record we can trust
+    manager_pid: int | None = None
+    manager_alive: bool = False
+    worker_pid: int | None = None
+    worker_alive: bool = False
+    worker_ours: bool = False
+    worker_stale: bool = False  # provably the dead manager's worker: the next manager ends it
+    data: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
 class Finding:
-    level: str  # ok | note | attention
+    level: Level
     message: str
 
 
@@ -82,11 +90,11 @@ class Report:
 
     @property
     def healthy(self) -> bool:
-        return not any(f.level == ATTENTION for f in self.findings)
+        return not any(f.level == Level.ATTENTION for f in self.findings)
 
     @property
     def verdict(self) -> str:
-        bad = [f for f in self.findings if f.level == ATTENTION]
+        bad = [f for f in self.findings if f.level == Level.ATTENTION]
         if not bad:
             return f"verdict: healthy — port {self.port} is listening and nothing needs attention"
         return f"verdict: needs attention — {len(bad)} problem(s) on port {self.port}"
@@ -102,26 +110,7 @@ class Report:
         return out
 
 
-def parse_label(cmdline: list[str]) -> str | None:
-    """The `--label ibgw-fsm:...` of a `python -m worker` command line, or None if it is not ours.
-
-    Ours means both: the process runs the `worker` module and carries our label. A process that
-    merely mentions the label somewhere (a shell, grep) is not ours.
-    """
-    runs_worker = any(a == "-m" and b == "worker" for a, b in itertools.pairwise(cmdline))
-    if not runs_worker:
-        return None
-    for i, arg in enumerate(cmdline):
-        value = None
-        if arg == "--label" and i + 1 < len(cmdline):
-            value = cmdline[i + 1]
-        elif arg.startswith("--label="):
-            value = arg.split("=", 1)[1]
-        if value is not None and value.startswith(LABEL_PREFIX):
-            return value
-    return None
-
-
+# ------------------------------------------------------------------------------------ reading
 def _owner(pid: int | None, cache: dict[int, Owner]) -> Owner:
     if pid is None:
         return Owner(pid=None, name="(not visible to this user)")
@@ -132,17 +121,24 @@ def _owner(pid: int | None, cache: dict[int, Owner]) -> Owner:
         with proc.oneshot():
             cmd = proc.cmdline()
             owner = Owner(pid=pid, name=proc.name(), cmdline=" ".join(cmd), status=proc.status())
-            owner.label = parse_label(cmd)
-            owner.ours = owner.label is not None
-            if owner.ours:
-                ppid = proc.ppid()
-                owner.parent_alive = ppid > 1 and psutil.pid_exists(ppid)
+            if is_our_worker(proc):
+                owner.ours, owner.label = True, label_of(cmd)
+                owner.manager_alive = _manager_alive(proc)
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
         owner = Owner(pid=pid, name="(exited)", status="gone")
     except psutil.AccessDenied:
         owner = Owner(pid=pid, name="(access denied)")
     cache[pid] = owner
     return owner
+
+
+def _manager_alive(worker: psutil.Process) -> bool | None:
+    """Is the manager that spawned `worker` (named in its environment) still running?"""
+    try:
+        manager = ProcessId.from_marker(worker.environ().get(MANAGER_ENV, ""))
+    except psutil.Error:
+        return None
+    return None if manager is None else pid_alive(manager.pid, manager.create_time)
 
 
 def _addr(a: Any) -> str:
@@ -172,220 +168,199 @@ def scan_sockets(port: int) -> tuple[list[SocketRow], list[SocketRow], list[Sock
             gateway.append(
                 SocketRow("gateway", _addr(c.laddr), _addr(c.raddr), c.status, _owner(c.pid, cache))
             )
-    key = lambda r: (r.status, r.laddr)  # noqa: E731 - stable, readable ordering
+
+    def key(r: SocketRow) -> tuple[str, str]:
+        return r.status, r.laddr
+
     return sorted(listeners, key=key), sorted(clients, key=key), sorted(gateway, key=key)
-
-
-def _pid_alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 def scan_locks(state_dir: Path) -> list[LockRow]:
     """Lock files in the state directory: which manager and worker they name, and who is alive.
 
-    Read only: doctor never takes a lock itself, so it cannot race a manager that is starting.
+    Read only, never blocking, never taking a lock (so doctor cannot race a starting manager);
+    a file that is not a trustworthy lock record is a row with its `problem`.
     """
     rows: list[LockRow] = []
-    if not state_dir.is_dir():
-        return rows
-    # The manager's lock files (fsm.zombies.lock_path): ibgw-<host>-<port>-<client id>.lock
     for path in sorted(state_dir.glob("*.lock")):
         try:
-            text = path.read_text()
-            data = json.loads(text) if text.strip() else {}
-            if not isinstance(data, dict):
-                data = {}
-        except (OSError, ValueError):
-            data = {}
-        mpid = data.get("manager_pid")
-        wpid = data.get("worker_pid")
-        worker_ours = False
-        if _pid_alive(wpid):
-            try:
-                worker_ours = parse_label(psutil.Process(wpid).cmdline()) is not None
-            except psutil.Error:
-                worker_ours = False
-        rows.append(
-            LockRow(
-                path=str(path),
-                manager_pid=mpid if isinstance(mpid, int) else None,
-                manager_alive=_pid_alive(mpid),
-                worker_pid=wpid if isinstance(wpid, int) else None,
-                worker_alive=_pid_alive(wpid),
-                worker_ours=worker_ours,
-                data=data,
-            )
+            rec = read_lock(path)
+        except UntrustedFile as exc:
+            rows.append(LockRow(path=str(path), problem=str(exc)))
+            continue
+        if rec is None:  # removed since the listing: its manager stopped
+            continue
+        row = LockRow(
+            path=str(path),
+            manager_pid=rec.manager_pid,
+            manager_alive=pid_alive(rec.manager_pid, rec.manager_create_time),
+            worker_pid=rec.worker_pid,
+            worker_alive=pid_alive(rec.worker_pid, rec.worker_create_time),
+            data=msgspec.to_builtins(rec),
         )
+        if row.worker_alive and rec.worker_pid is not None:
+            try:
+                proc = psutil.Process(rec.worker_pid)
+                row.worker_ours = is_our_worker(proc, worker_label(rec.host, rec.port, rec.client_id))
+            except psutil.Error:
+                pass
+            stale = find_stale_worker(
+                rec, addresses=rec.addresses or (rec.host,), port=rec.port, client_id=rec.client_id
+            )
+            row.worker_stale = stale is not None
+        rows.append(row)
     return rows
 
 
-def _default_snapshot_reader(state_dir: Path) -> list[dict[str, Any]]:
-    """All status snapshots in the state dir (the manager writes one per host/port/client id)."""
-    from fsm.status import read_all
+def diagnose(port: int, state_dir: Path) -> Report:
+    """Run the whole checklist and judge it. Passive: psutil and files only.
 
-    return read_all(state_dir) if state_dir.is_dir() else []
-
-
-def diagnose(
-    port: int,
-    state_dir: Path,
-    *,
-    read_snapshots: Callable[[Path], Iterable[dict[str, Any]]] | None = None,
-) -> Report:
-    """Run the whole checklist and judge it. Passive: psutil and files only."""
+    UnsafeStateDir (a SettingsError) if the state directory is not one to trust."""
     report = Report(port=port, state_dir=str(state_dir))
-    f = report.findings
     try:
         report.listeners, report.client_sockets, report.gateway_sockets = scan_sockets(port)
     except psutil.AccessDenied:
-        f.append(
+        report.findings.append(
             Finding(
-                ATTENTION,
-                "cannot read the system's socket table here (on macOS it "
-                "needs root): run ibgw doctor with sudo",
+                Level.ATTENTION,
+                "cannot read the system's socket table here (on macOS it needs root): run ibgw doctor with sudo",
             )
         )
         return report
-    report.locks = scan_locks(state_dir)
-    reader = read_snapshots or _default_snapshot_reader
-    report.managers = [dict(s) for s in reader(state_dir)]
+    if ensure_state_dir(state_dir, create=False):
+        report.locks = scan_locks(state_dir)
+        report.managers = read_all(state_dir)
+    report.findings = [
+        *_listening(report),
+        *_client_sockets(report.client_sockets),
+        *_gateway_sockets(report.gateway_sockets),
+        *_locks(report.locks),
+        *_managers(report.managers),
+    ]
+    return report
 
-    # 1. Is the Gateway listening? (lsof -iTCP:PORT -sTCP:LISTEN)
+
+# ----------------------------------------------------------------------------------- judging
+def _listening(report: Report) -> Iterator[Finding]:
+    """1. Is the Gateway listening? (lsof -iTCP:PORT -sTCP:LISTEN)"""
     if report.listeners:
         owners = sorted({f"{r.owner.name}[{r.owner.pid}]" for r in report.listeners})
-        f.append(Finding(OK, f"port {port} is listening ({', '.join(owners)})"))
+        yield Finding(Level.OK, f"port {report.port} is listening ({', '.join(owners)})")
     else:
-        f.append(Finding(ATTENTION, f"nothing listens on port {port}: is the Gateway running, on this port?"))
+        yield Finding(
+            Level.ATTENTION, f"nothing listens on port {report.port}: is the Gateway running, on this port?"
+        )
 
-    # 2. Zombie sockets (lsof -iTCP:PORT -sTCP:CLOSE_WAIT), both ends.
-    for r in report.client_sockets:
+
+def _client_sockets(rows: list[SocketRow]) -> Iterator[Finding]:
+    """2. Zombie sockets on our side (lsof -iTCP:PORT -sTCP:CLOSE_WAIT), and who holds each."""
+    for r in rows:
         o = r.owner
-        holder = who(o)
-        if r.status == psutil.CONN_CLOSE_WAIT:
-            if o.ours:
-                f.append(
-                    Finding(
-                        ATTENTION,
-                        (
-                            f"CLOSE_WAIT {r.laddr} -> {r.raddr} held by our worker {holder} [{o.status}]: the Gateway "
-                            f"closed this session but the worker still holds the socket (and its client id). "
-                            f"The manager reaps it on its next start or 326; to clear it now: kill {o.pid}"
-                        ),
-                    )
-                )
-            else:
-                f.append(
-                    Finding(
-                        ATTENTION,
-                        (
-                            f"CLOSE_WAIT {r.laddr} -> {r.raddr} held by {holder}, not ours: the Gateway closed it "
-                            f"but that process still holds the socket; ibgw will not touch it"
-                        ),
-                    )
-                )
-        elif r.status == psutil.CONN_ESTABLISHED:
-            if o.ours and o.status == psutil.STATUS_STOPPED:
-                f.append(
-                    Finding(
-                        ATTENTION,
-                        (
-                            f"ESTABLISHED {r.laddr} -> {r.raddr} held by our worker {holder}, which is STOPPED: "
-                            f"it holds its client id and answers nothing"
-                        ),
-                    )
-                )
-            elif o.ours and o.parent_alive is False:
-                f.append(
-                    Finding(
-                        ATTENTION,
-                        (
-                            f"ESTABLISHED {r.laddr} -> {r.raddr} held by our worker {holder} whose manager is gone "
-                            f"(orphan): it holds its client id; the next manager for that id reaps it"
-                        ),
-                    )
-                )
-            elif o.ours:
-                f.append(Finding(OK, f"session {r.laddr} -> {r.raddr} held by our worker {holder}"))
-            else:
-                f.append(Finding(NOTE, f"session {r.laddr} -> {r.raddr} held by {holder} (not ours)"))
+        held = f"{r.laddr} -> {r.raddr} held by {'our worker ' if o.ours else ''}{who(o)}"
+        if r.status == psutil.CONN_CLOSE_WAIT and o.ours:
+            yield Finding(
+                Level.ATTENTION,
+                f"CLOSE_WAIT {held} [{o.status}]: the Gateway closed this session but the worker still "
+                f"holds the socket (and its client id). The manager reaps it on its next start or 326; "
+                f"to clear it now: kill {o.pid}",
+            )
+        elif r.status == psutil.CONN_CLOSE_WAIT:
+            yield Finding(
+                Level.ATTENTION,
+                f"CLOSE_WAIT {held}, not ours: the Gateway closed it but that process still holds the "
+                f"socket; ibgw will not touch it",
+            )
+        elif r.status != psutil.CONN_ESTABLISHED:
+            yield Finding(Level.NOTE, f"{r.status} {held}")
+        elif o.ours and o.status == psutil.STATUS_STOPPED:
+            yield Finding(
+                Level.ATTENTION,
+                f"ESTABLISHED {held}, which is STOPPED: it holds its client id and answers nothing",
+            )
+        elif o.ours and o.manager_alive is False:
+            yield Finding(
+                Level.ATTENTION,
+                f"ESTABLISHED {held} whose manager is gone (orphan): it holds its client id; the next "
+                f"manager for that id reaps it",
+            )
+        elif o.ours:
+            yield Finding(Level.OK, f"session {held}")
         else:
-            f.append(Finding(NOTE, f"{r.status} {r.laddr} -> {r.raddr} held by {holder}"))
-    for r in report.gateway_sockets:
+            yield Finding(Level.NOTE, f"session {held} (not ours)")
+
+
+def _gateway_sockets(rows: list[SocketRow]) -> Iterator[Finding]:
+    """2b. The Gateway's own zombie sockets (ib_insync#386)."""
+    for r in rows:
         if r.status == psutil.CONN_CLOSE_WAIT:
-            f.append(
-                Finding(
-                    ATTENTION,
-                    (
-                        f"Gateway-side CLOSE_WAIT {r.laddr} <- {r.raddr} ({who(r.owner)}): the client went away "
-                        f"but the Gateway has not closed its end; it may keep that client id reserved "
-                        f"(error 326) until the Gateway is restarted"
-                    ),
-                )
+            yield Finding(
+                Level.ATTENTION,
+                f"Gateway-side CLOSE_WAIT {r.laddr} <- {r.raddr} ({who(r.owner)}): the client went away "
+                f"but the Gateway has not closed its end; it may keep that client id reserved "
+                f"(error 326) until the Gateway is restarted",
             )
 
-    # 3. Lock files and whether their pids are alive.
-    for lk in report.locks:
+
+def _locks(rows: list[LockRow]) -> Iterator[Finding]:
+    """3. Lock files and whether the processes they name are alive."""
+    for lk in rows:
         name = Path(lk.path).name
-        if lk.manager_pid is None:
-            f.append(Finding(NOTE, f"lock {name}: empty or unreadable (a manager may be writing it)"))
+        if lk.problem is not None:
+            yield Finding(Level.NOTE, f"lock {name}: unreadable, ignored ({lk.problem})")
         elif lk.manager_alive:
-            f.append(
-                Finding(
-                    OK,
-                    f"lock {name}: manager {lk.manager_pid} alive"
-                    + (f", worker {lk.worker_pid} alive" if lk.worker_alive else ""),
-                )
-            )
+            worker = f", worker {lk.worker_pid} alive" if lk.worker_alive else ""
+            yield Finding(Level.OK, f"lock {name}: manager {lk.manager_pid} alive{worker}")
         elif lk.worker_alive and lk.worker_ours:
-            f.append(
-                Finding(
-                    ATTENTION,
-                    (
-                        f"lock {name}: manager {lk.manager_pid} is gone but its worker {lk.worker_pid} still runs "
-                        f"(a zombie of ours); the next manager for this id reaps it, or: kill {lk.worker_pid}"
-                    ),
-                )
+            fate = (
+                "a stale worker of that manager: the next manager for this id ends it"
+                if lk.worker_stale
+                else "ours, but not provably that manager's worker: no manager will end it"
+            )
+            yield Finding(
+                Level.ATTENTION,
+                f"lock {name}: manager {lk.manager_pid} is gone but its worker {lk.worker_pid} still runs "
+                f"({fate}); to clear it now: kill {lk.worker_pid}",
             )
         else:
-            f.append(
-                Finding(
-                    NOTE,
-                    f"lock {name}: stale (manager {lk.manager_pid} is gone); harmless, "
-                    f"the next manager takes it over",
-                )
+            yield Finding(
+                Level.NOTE,
+                f"lock {name}: stale (manager {lk.manager_pid} is gone); harmless, the next manager takes it over",
             )
 
-    # 4. The running managers' state, from their snapshots (no connection needed).
-    for snap in report.managers:
+
+def _managers(snaps: list[dict[str, Any]]) -> Iterator[Finding]:
+    """4. The managers' state, from their status snapshots (no connection needed)."""
+    for snap in snaps:
         state = str(snap.get("state", "?"))
+        if state == UNKNOWN:
+            yield Finding(
+                Level.NOTE,
+                f"status snapshot {Path(str(snap.get('path', '?'))).name}: unreadable, ignored "
+                f"({snap.get('warning', 'no reason given')})",
+            )
+            continue
         mpid = snap.get("manager_pid")
         where = f"{snap.get('host', '?')}:{snap.get('port', '?')} client id {snap.get('client_id', '?')}"
         if snap.get("stopped"):
-            f.append(Finding(NOTE, f"manager for {where}: stopped (pid {mpid}); last state {state}"))
-            continue
-        if not snap.get("manager_alive", _pid_alive(mpid)):
-            f.append(
-                Finding(
-                    NOTE,
-                    f"manager for {where}: died without shutting down (pid {mpid} is gone); "
-                    f"its last snapshot said {state}",
-                )
+            yield Finding(Level.NOTE, f"manager for {where}: stopped (pid {mpid}); last state {state}")
+        elif not snap.get("manager_alive"):
+            yield Finding(
+                Level.NOTE,
+                f"manager for {where}: died without shutting down (pid {mpid} is gone); "
+                f"its last snapshot said {state}",
             )
-            continue
-        reason = snap.get("reason")
-        text = (
-            f"manager for {where}: {state}"
-            + (f" ({reason})" if reason else "")
-            + (f" for {took}" if (took := in_state_for(snap)) else "")
-        )
-        level = OK if state in ("CONNECTED", "IDLE") else ATTENTION if state == "DEGRADED_RED" else NOTE
-        f.append(Finding(level, text))
-    return report
+        else:
+            reason, took, last = snap.get("reason"), in_state_for(snap), snap.get("last_error")
+            text = (
+                f"manager for {where}: {state}"
+                + (f" ({reason})" if reason else "")
+                + (f" for {took}" if took else "")
+                + (f"; last error: {last}" if last and state != "CONNECTED" else "")
+            )
+            if state in ("CONNECTED", "IDLE"):
+                yield Finding(Level.OK, text)
+            else:
+                yield Finding(Level.ATTENTION if state == "DEGRADED_RED" else Level.NOTE, text)
 
 
 def who(o: Owner) -> str:

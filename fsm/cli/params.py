@@ -15,10 +15,10 @@ from typing import Any, TypeVar
 
 import click
 
+from fsm import Settings, SettingsError
 from fsm.cli.exits import CliError
 from fsm.cli.text import one_line, printable
-from fsm.errors import SettingsError
-from fsm.settings import ENV_VARS, Settings
+from fsm.settings import ENV_VARS
 
 F = TypeVar("F", bound=Callable[..., Any])
 

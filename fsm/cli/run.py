@@ -15,12 +15,10 @@ import sys
 
 import anyio
 
+from fsm import AlreadyRunning, ConnectionManager, Settings, Subscription
 from fsm.cli.changes import describe
 from fsm.cli.exits import Exit
 from fsm.cli.text import one_line, printable
-from fsm.errors import AlreadyRunning
-from fsm.manager import ConnectionManager, Subscription
-from fsm.settings import Settings
 
 
 def emit(line: str) -> None:

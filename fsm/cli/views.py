@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from fsm.cli.doctor import ATTENTION, NOTE, OK, Report, who
+from fsm.cli.doctor import Level, Report, who
 from fsm.cli.text import in_state_for, printable, state_style
 
 
@@ -70,6 +70,9 @@ def _status_lines(snap: dict[str, Any]) -> list[tuple[str, str]]:
     if times:
         order = ("SPAWNING", "HANDSHAKING", "CONNECTED", "DEGRADED_RED")
         rows.append(("time in state", ", ".join(f"{k} {times[k]:.1f} s" for k in order if k in times)))
+    for key, title in (("last_error", "last error"), ("warning", "warning")):
+        if snap.get(key):
+            rows.append((title, printable(snap[key])))
     rows.append(("snapshot", printable(snap.get("path", ""))))
     return rows
 
@@ -109,7 +112,7 @@ def render_plain(report: Report) -> list[str]:
             f"  {r.side:<8} {r.status:<12} {r.laddr:<22} {r.raddr:<22} {printable(who(r.owner))} "
             f"[{printable(r.owner.status)}]{' ours' if r.owner.ours else ''}"
         )
-    mark = {OK: "ok  ", NOTE: "note", ATTENTION: "FIX "}
+    mark = {Level.OK: "ok  ", Level.NOTE: "note", Level.ATTENTION: "FIX "}
     for fd in report.findings:
         lines.append(f"{mark[fd.level]} {printable(fd.message)}")
     lines.append(report.verdict)
@@ -147,7 +150,11 @@ def print_doctor(report: Report) -> None:
                 "yes" if o.ours else "",
             )
         con.print(t)
-    mark = {OK: ("ok  ", "green"), NOTE: ("note", "yellow"), ATTENTION: ("FIX ", "bold red")}
+    mark = {
+        Level.OK: ("ok  ", "green"),
+        Level.NOTE: ("note", "yellow"),
+        Level.ATTENTION: ("FIX ", "bold red"),
+    }
     for f in report.findings:
         con.print(Text.assemble(mark[f.level], " ", printable(f.message)))
     con.print(Text(report.verdict, style="bold green" if report.healthy else "bold red"))

@@ -23,8 +23,8 @@ from typing import IO, Any
 
 import psutil
 
-from fsm.cli.doctor import parse_label
-from fsm.zombies import lock_path
+from fsm.lockfile import lock_path
+from fsm.pids import label_of
 
 CLIENT_ID = 4242
 
@@ -84,12 +84,13 @@ def dead_pid() -> int:
     return p.pid
 
 
-def test_parse_label_needs_the_worker_module_and_our_label() -> None:
-    assert parse_label(["python", "-m", "worker", "--label", "ibgw-fsm:h:1:2"]) == "ibgw-fsm:h:1:2"
-    assert parse_label(["python", "-m", "worker", "--label=ibgw-fsm:h:1:2"]) == "ibgw-fsm:h:1:2"
-    assert parse_label(["python", "-m", "worker", "--label", "someone-else"]) is None
-    assert parse_label(["grep", "ibgw-fsm:h:1:2", "-m", "worker"]) is None
-    assert parse_label(["bash", "-c", "python -m worker --label ibgw-fsm:h:1:2"]) is None
+def test_a_label_needs_the_worker_module_and_our_prefix() -> None:
+    """Doctor calls a process ours by the manager's own rule (fsm.pids), never by name."""
+    assert label_of(["python", "-m", "worker", "--label", "ibgw-fsm:h:1:2"]) == "ibgw-fsm:h:1:2"
+    assert label_of(["python", "-m", "worker", "--label=ibgw-fsm:h:1:2"]) == "ibgw-fsm:h:1:2"
+    assert label_of(["python", "-m", "worker", "--label", "someone-else"]) is None
+    assert label_of(["grep", "ibgw-fsm:h:1:2", "-m", "worker"]) is None
+    assert label_of(["bash", "-c", "python -m worker --label ibgw-fsm:h:1:2"]) is None
 
 
 def test_clean_bill_of_health_and_no_connection_made(tmp_path: Path) -> None:

@@ -17,15 +17,8 @@ import anyio.abc
 import psutil
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from fsm.settings import Settings
-
-
-def alive(pid: int) -> bool:
-    """The process exists and is not a zombie waiting to be reaped."""
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
+from fsm import Settings
+from fsm.pids import ProcessId, is_our_worker, pid_alive
 
 
 class TraderProcess:
@@ -85,16 +78,17 @@ class TraderProcess:
         await self.proc.wait()
 
 
-async def end_all(trader: TraderProcess | None, stale_worker: int | None) -> None:
-    """On any exit path: the trader process and the worker it left behind are ended."""
+async def end_all(trader: TraderProcess | None, stale_worker: ProcessId | None) -> None:
+    """On any exit path: the trader process and the worker it left behind are ended (the worker
+    only while it is still that process, and ours)."""
     if trader is not None and trader.proc.returncode is None:
         trader.proc.kill()
         with anyio.move_on_after(5):
             await trader.proc.wait()
-    if stale_worker is not None and alive(stale_worker):
+    if stale_worker is not None and pid_alive(stale_worker.pid, stale_worker.create_time):
         try:
-            p = psutil.Process(stale_worker)
-            if "--label" in p.cmdline():
-                p.kill()
+            proc = psutil.Process(stale_worker.pid)
+            if is_our_worker(proc):
+                proc.kill()
         except psutil.Error:
             pass

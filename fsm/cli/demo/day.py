@@ -22,15 +22,16 @@ from pathlib import Path
 import anyio
 import anyio.abc
 
+from fsm import ConnectionManager, Notice, Reason, Settings, State, StateChange, Subscription, Transition
 from fsm.cli.changes import describe
 from fsm.cli.demo import waits
-from fsm.cli.demo.children import TraderProcess, alive, end_all
+from fsm.cli.demo.children import TraderProcess, end_all
 from fsm.cli.demo.record import Check, DayReport, Kind, Phase, Recovery, Status, Step, TimelineRow
 from fsm.cli.demo.views import DemoView
 from fsm.cli.demo.waits import Pulse, StepFailed
-from fsm.core import Reason, State, Transition
-from fsm.manager import ConnectionManager, Notice, StateChange, Subscription
-from fsm.settings import Settings
+from fsm.hosts import normalise_address
+from fsm.lockfile import lock_path, read_lock
+from fsm.pids import ProcessId, pid_alive, process_id
 from gatewaysim import GatewaySim, SimEvent
 
 DEMO_CLIENT_ID = 17
@@ -131,7 +132,7 @@ class Day:
         self.checks: tuple[Check, ...] = ()
         self.wall = 0.0
         self._trader: TraderProcess | None = None
-        self._stale_worker: int | None = None
+        self._stale_worker: ProcessId | None = None  # what the killed trader left behind
         self._red_at_ns = 0  # when step 2 saw DEGRADED_RED (step 3 counts the outage from it)
         self._disconnects = 0
         self._client_ids: list[int] = []
@@ -363,8 +364,7 @@ class Day:
         return f"detected at once, respawned as pid {m.worker_pid}, CONNECTED {took:.2f} s after the kill"
 
     async def zombie(self) -> str:
-        from fsm.cli.doctor import ATTENTION, diagnose
-        from fsm.zombies import LockRecord, lock_path
+        from fsm.cli.doctor import Level, diagnose
 
         s = self.settings
         say = self.story.say
@@ -380,10 +380,11 @@ class Day:
             await trader.connected.wait()
         if scope.cancelled_caught:
             raise StepFailed(f"the trader process {trader.pid} did not reach CONNECTED")
-        rec = LockRecord.parse(lock_path(s.state_dir, s.host, s.port, s.client_id).read_text())
-        if rec is None or rec.worker_pid is None or rec.manager_pid != trader.pid:
+        rec = read_lock(lock_path(s.state_dir, normalise_address(s.host), s.port, s.client_id))
+        if rec is None or rec.worker is None or rec.manager_pid != trader.pid:
             raise StepFailed(f"no lock record naming the trader's worker: {rec}")
-        stale = self._stale_worker = rec.worker_pid
+        self._stale_worker = rec.worker
+        stale = rec.worker.pid
         # The trader runs for a while before it dies (see _let_session_age).
         await self._let_session_age()
         say(f"its worker pid {stale} hangs (SIGSTOP) and the trader process is killed (SIGKILL)", Kind.ACTION)
@@ -399,7 +400,7 @@ class Day:
         # What `ibgw doctor` (passive: kernel socket table and state dir only) sees right now.
         report = await anyio.to_thread.run_sync(diagnose, s.port, s.state_dir)
         for f in report.findings:
-            if f.level == ATTENTION:
+            if f.level == Level.ATTENTION:
                 say(f"ibgw doctor: {f.message}", Kind.DOCTOR)
         # The Gateway also keeps the id reserved for a moment after that socket closes (the
         # Gateway-side CLOSE_WAIT behaviour), until we let it go below.
@@ -420,7 +421,7 @@ class Day:
         took = self.story.t(back.at_ns) - t_start
         if int(m.metrics().get("zombies_reaped", 0)) < 1:
             raise StepFailed("the stale worker was not reaped by the manager")
-        if alive(stale):
+        if pid_alive(stale, rec.worker.create_time):
             raise StepFailed(f"stale worker {stale} is still alive")
         n326 = self.sim.counters.sent_326
         self.recoveries.append(
@@ -485,12 +486,13 @@ class Day:
     async def shutdown(self) -> str:
         m = self.manager
         pid = m.worker_pid
+        worker = process_id(pid) if pid is not None else None
         t_stop = self.story.t()
         self.story.say("the trader shuts down", Kind.ACTION)
         await self._stack.aclose()
         if m.state != State.IDLE:
             raise StepFailed(f"state after shutdown is {m.state}")
-        if pid is not None and alive(pid):
+        if worker is not None and pid_alive(worker.pid, worker.create_time):
             raise StepFailed(f"worker {pid} is still alive after shutdown")
         await waits.sim_state(
             self.sim, lambda g: not g.sessions, timeout=self.deadlines.detect, what="no session"

@@ -18,10 +18,9 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
+from fsm import ConnectionManager, Settings
 from fsm.cli.demo.record import DayReport, Kind, Phase, Status
 from fsm.cli.text import state_style
-from fsm.manager import ConnectionManager
-from fsm.settings import Settings
 from gatewaysim import GatewaySim
 
 TIMELINE_TITLE = (

@@ -13,8 +13,7 @@ from typing import TypeVar
 
 import anyio
 
-from fsm.core import Transition
-from fsm.manager import ConnectionManager, Notice
+from fsm import ConnectionManager, Notice, Transition
 from gatewaysim import GatewaySim
 
 T = TypeVar("T")
