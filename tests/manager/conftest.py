@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from support.manager import RECOVERIES
+from support.manager import FAKE_WORKER, RECOVERIES
 
 
 @pytest.fixture(scope="module", autouse=False)
@@ -23,3 +25,11 @@ def report_recoveries(request: pytest.FixtureRequest) -> Iterator[None]:
         tr.write_line(f"recovery times ({request.module.__name__}):")
         for name, what, secs in rows:
             tr.write_line(f"  {secs:7.3f} s  {what:<42} {name}")
+
+
+@pytest.fixture
+def fake_argv(tmp_path: Path) -> list[str]:
+    """argv of a scripted worker (support.manager.FAKE_WORKER): no ib_async, starts in ms."""
+    script = tmp_path / "fake_worker.py"
+    script.write_text(FAKE_WORKER)
+    return [sys.executable, str(script)]

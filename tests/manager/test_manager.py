@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import anyio
 import psutil
 import pytest
-from support.manager import assert_clean_exit, fast_settings, poll_until
+from support.manager import assert_clean_exit, poll_until, quick
 
 from fsm.core import Reason, State
 from fsm.errors import (
@@ -26,83 +25,9 @@ from fsm.errors import (
 )
 from fsm.lockfile import lock_path
 from fsm.manager import ConnectionManager, Notice, StateChange, Subscription
-from fsm.settings import Settings
 from fsm.status import read_status, status_path
 
 pytestmark = pytest.mark.anyio
-
-PORT = 4002  # the fake worker never opens it
-
-# Speaks the worker protocol from a script. FAKE_CONNECT_ERROR makes connect fail with that code;
-# FAKE_PROBE_ERROR makes every liveness probe fail. On stdin EOF it sends the events a dying session would
-# (session_lost, 1100): they come from a retiring worker and must be dropped.
-FAKE_WORKER = r"""
-import json, os, sys
-def out(obj):
-    sys.stdout.write(obj if isinstance(obj, str) else json.dumps(obj) + "\n")
-    sys.stdout.flush()
-def ok(rid, data):
-    out({"id": rid, "status": "success", "data": data})
-def err(rid, code, msg, ib_code=None):
-    e = {"code": code, "message": msg}
-    if ib_code is not None:
-        e["ib_code"] = ib_code
-    out({"id": rid, "status": "error", "error": e})
-out("this is not json\n")
-out({"id": 987654, "status": "success", "data": {}})
-out({"event": "ready", "data": {"pid": os.getpid(), "ib_async": "fake", "protocol": 1}})
-for line in sys.stdin:
-    req = json.loads(line)
-    cmd, rid, p = req["command"], req.get("id"), req.get("params", {})
-    if cmd == "connect":
-        code = os.environ.get("FAKE_CONNECT_ERROR")
-        if code:
-            err(rid, code, "fake connect failure")
-        else:
-            ok(rid, {"connected": True, "accounts": ["DU1"], "client_id": p["client_id"],
-                     "server_version": 178, "already_connected": False, "elapsed_ms": 1.0})
-            out({"event": "ib_error", "data": {"code": 2104, "req_id": -1,
-                                               "message": "Market data farm connection is OK"}})
-    elif cmd == "ping":
-        ok(rid, {"gateway_time": 1.0, "latency_ms": 0.1})
-    elif cmd == "probe":
-        if os.environ.get("FAKE_PROBE_ERROR"):
-            err(rid, "gateway_silent", "probe: no bytes from the Gateway")
-        else:
-            ok(rid, {"age_ms": 1.0, "sent": False, "waited_ms": 0.0, "user_backlog": 0})
-    elif cmd == "positions":
-        err(rid, "gateway_error", "positions: Gateway error 321", ib_code=321)
-    elif cmd == "accounts":
-        err(rid, "bad_request", "accounts: params.account: expected str")
-    elif cmd == "account_summary":
-        pass  # never answered
-    elif cmd == "status":
-        ok(rid, {"connected": True, "params": p})
-    else:
-        err(rid, "unknown_command", f"unknown command {cmd!r}")
-out({"event": "session_lost", "data": {}})
-out({"event": "ib_error", "data": {"code": 1100, "req_id": -1, "message": "lost"}})
-"""
-
-
-@pytest.fixture
-def fake_argv(tmp_path: Path) -> list[str]:
-    script = tmp_path / "fake_worker.py"
-    script.write_text(FAKE_WORKER)
-    return [sys.executable, str(script)]
-
-
-def quick(tmp_path: Path, **kw: object) -> Settings:
-    """Fake-worker settings: no Gateway, so no fast-close window to respect."""
-    base: dict[str, object] = {
-        "min_session": 0.05,
-        "probe_interval": 0.2,
-        "probe_timeout": 0.1,
-        "retire_grace": 0.3,
-        "kill_grace": 0.3,
-    }
-    base.update(kw)
-    return fast_settings(tmp_path / "state", PORT, 7, **base)
 
 
 async def test_disconnect_is_refused_naming_shutdown(tmp_path: Path) -> None:

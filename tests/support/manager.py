@@ -27,6 +27,79 @@ FAST_CLOSE_WINDOW = 0.25  # the sim's red_on_fast_close window; settings.min_ses
 RECOVERIES: list[tuple[str, str, float]] = []  # (test, what, seconds), printed at the end
 
 
+FAKE_PORT = 4002  # the fake worker never opens it
+
+# Speaks the worker protocol from a script. FAKE_CONNECT_ERROR makes connect fail with that code;
+# FAKE_PROBE_ERROR makes every liveness probe fail. On stdin EOF it sends the events a dying session would
+# (session_lost, 1100): they come from a retiring worker and must be dropped. `lost` and `huge`
+# answer as a lost session and as an over-long line would.
+FAKE_WORKER = r"""
+import json, os, sys
+def out(obj):
+    sys.stdout.write(obj if isinstance(obj, str) else json.dumps(obj, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+def ok(rid, data):
+    out({"id": rid, "status": "success", "data": data})
+def err(rid, code, msg, ib_code=None):
+    e = {"code": code, "message": msg}
+    if ib_code is not None:
+        e["ib_code"] = ib_code
+    out({"id": rid, "status": "error", "error": e})
+out("this is not json\n")
+out({"id": 987654, "status": "success", "data": {}})
+out({"event": "ready", "data": {"pid": os.getpid(), "ib_async": "fake", "protocol": 1}})
+for line in sys.stdin:
+    req = json.loads(line)
+    cmd, rid, p = req["command"], req.get("id"), req.get("params", {})
+    if cmd == "connect":
+        code = os.environ.get("FAKE_CONNECT_ERROR")
+        if code:
+            err(rid, code, "fake connect failure")
+        else:
+            ok(rid, {"connected": True, "accounts": ["DU1"], "client_id": p["client_id"],
+                     "server_version": 178, "already_connected": False, "elapsed_ms": 1.0})
+            out({"event": "ib_error", "data": {"code": 2104, "req_id": -1,
+                                               "message": "Market data farm connection is OK"}})
+    elif cmd == "ping":
+        ok(rid, {"gateway_time": 1.0, "latency_ms": 0.1})
+    elif cmd == "probe":
+        if os.environ.get("FAKE_PROBE_ERROR"):
+            err(rid, "gateway_silent", "probe: no bytes from the Gateway")
+        else:
+            ok(rid, {"age_ms": 1.0, "sent": False, "waited_ms": 0.0, "user_backlog": 0})
+    elif cmd == "positions":
+        err(rid, "gateway_error", "positions: Gateway error 321", ib_code=321)
+    elif cmd == "accounts":
+        err(rid, "bad_request", "accounts: params.account: expected str")
+    elif cmd == "account_summary":
+        pass  # never answered
+    elif cmd == "status":
+        ok(rid, {"connected": True, "params": p})
+    elif cmd == "lost":  # what a real worker answers when the session ends under a request
+        err(rid, "session_lost", "lost: the Gateway closed the session")
+    elif cmd == "huge":  # an answer line over the 1 MiB bound, then an event line as long
+        out({"id": rid, "status": "success", "data": {"blob": "x" * (2 << 20)}})
+        out({"event": "ib_error", "data": {"code": 2104, "req_id": -1, "message": "y" * (2 << 20)}})
+    else:
+        err(rid, "unknown_command", f"unknown command {cmd!r}")
+out({"event": "session_lost", "data": {}})
+out({"event": "ib_error", "data": {"code": 1100, "req_id": -1, "message": "lost"}})
+"""
+
+
+def quick(tmp_path: Path, **kw: Any) -> Settings:
+    """Fake-worker settings: no Gateway, so no fast-close window to respect."""
+    base: dict[str, Any] = {
+        "min_session": 0.05,
+        "probe_interval": 0.2,
+        "probe_timeout": 0.1,
+        "retire_grace": 0.3,
+        "kill_grace": 0.3,
+    }
+    base.update(kw)
+    return fast_settings(tmp_path / "state", FAKE_PORT, 7, **base)
+
+
 def fast_settings(state_dir: Path, port: int, client_id: int = 7, **overrides: Any) -> Settings:
     """Short timers so faults recover in about a second; handshake stays at the 30 s floor.
 
