@@ -85,24 +85,14 @@ def diagram(check: bool, root: Path | None) -> int:
 
 
 # ----------------------------------------------------------------------------------------- sim
-def _is_loopback(host: str) -> bool:
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _sim_command() -> click.Command:
     """`ibgw sim` is `python -m gatewaysim`: the same options, built on first use (lazy import)."""
     import gatewaysim.__main__ as gsm
+    from fsm.hosts import is_loopback
 
     def callback(**kwargs: Any) -> int:
         host = kwargs.get("host", "127.0.0.1")
-        if not _is_loopback(host):
+        if not is_loopback(host):
             raise CliError(
                 f"--host: {printable(host)!r} is not a loopback address; the simulator binds loopback only"
             )

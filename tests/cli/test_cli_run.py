@@ -8,18 +8,20 @@ import json
 import os
 import queue
 import signal
+import socketserver
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
 import psutil
 import pytest
 
-from gatewaysim import ThreadedSim, running_in_thread
+from gatewaysim import ThreadedSim, running_in_thread, wire
 
 CLIENT_ID = 31
 
@@ -192,3 +194,47 @@ def test_second_manager_for_the_same_client_id_exits_3(
     assert "already manages client id" in err
     assert sim.snapshot()["counters"]["connections_accepted"] == 1  # the second never connected
     assert first.stop() == 0
+
+
+class _TooOldHello(socketserver.BaseRequestHandler):
+    """Reads the API hello, answers as a Gateway of server version 100 would, then waits."""
+
+    def handle(self) -> None:
+        seen = b""
+        while len(seen) < 8 or len(seen) < 8 + int.from_bytes(seen[4:8], "big"):
+            chunk = self.request.recv(4096)
+            if not chunk:
+                return
+            seen += chunk
+        self.request.sendall(wire.server_hello(100, "20260101 00:00:00 UTC"))
+        while self.request.recv(4096):  # until the client's process exits
+            pass
+
+
+@contextmanager
+def too_old_gateway() -> Iterator[int]:
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), _TooOldHello) as server:
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            yield server.server_address[1]
+        finally:
+            server.shutdown()
+
+
+def test_run_prints_why_a_connect_failed(tmp_path: Path, runs: list[Run]) -> None:
+    """A Gateway too old for ib_async: `ibgw run` says so on stdout at once (issue 11 item 8),
+    not only in the worker's log and not as a handshake timeout 30 s later."""
+    with too_old_gateway() as port:
+        run = Run(port, tmp_path)
+        runs.append(run)
+        failed = "HANDSHAKING --handshake_failed--> DEGRADED_RED  (refused)"
+
+        def told() -> bool:
+            out = "".join(run.out.seen)
+            return "notice handshake_failed" in out and failed in out
+
+        run.out.wait_for(lambda _: told(), timeout=20)
+        notice = next(line for line in run.out.seen if "notice handshake_failed" in line)
+        assert "server_version_too_old" in notice and "server version 100" in notice, notice
+        assert run.stop() == 0
