@@ -82,6 +82,63 @@ class MaintenanceWindow(IbgwError):
         self.window = window
 
 
+class ReadOnly(IbgwError):
+    """An order command was refused because the connection is read-only (the default); nothing
+    was sent to the Gateway."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(
+            message
+            or "orders are refused: the connection is read-only (the safe default). To trade, turn it "
+            "off with IBKR_READONLY=0 in the environment or Settings(readonly=False) in code"
+        )
+
+
+class DuplicateOrderRef(IbgwError):
+    """An order_ref already used (in the last 24 hours, or by an order not yet final) was given
+    again; nothing was sent. A ref whose order was proven not placed may be used again."""
+
+    def __init__(self, order_ref: str, message: str | None = None) -> None:
+        super().__init__(message or f"order_ref {order_ref!r} was already used; nothing was sent")
+        self.order_ref = order_ref
+
+
+class OrderRejected(IbgwError):
+    """The broker refused the order, modification or cancel (IB code in ``code``, e.g. 201, 202,
+    103, 10147, 10148); the order as it stands is unchanged."""
+
+    def __init__(self, code: int, message: str, order_ref: str | None = None) -> None:
+        super().__init__(f"[{code}] {message}")
+        self.code = code
+        self.message = message
+        self.order_ref = order_ref
+
+
+class OrderNotPlaced(IbgwError):
+    """The broker has no trace of this request (a new session's open orders, completed orders
+    and executions were checked): it was never placed, so sending it again is safe. ``state``
+    is the order as the broker has it when a modify or cancel did not take effect."""
+
+    def __init__(self, order_ref: str, message: str | None = None, state: object | None = None) -> None:
+        super().__init__(message or f"order {order_ref!r} was not placed: the broker has no trace of it")
+        self.order_ref = order_ref
+        self.state = state
+
+
+class OrderInDoubt(IbgwError):
+    """The request may or may not have reached the broker and no session came back within the
+    call's deadline to tell. Never re-send it: ``await m.order_status(order_ref)`` resolves it
+    once a session is up (also after a restart of this process, from the journal)."""
+
+    def __init__(self, order_ref: str, message: str | None = None) -> None:
+        super().__init__(
+            message
+            or f"order {order_ref!r} is in doubt: it may be live at the broker; do not re-send it, "
+            f"resolve it with order_status({order_ref!r})"
+        )
+        self.order_ref = order_ref
+
+
 class UnknownHost(SettingsError):
     """The Gateway host name does not resolve (or is not a valid name); nothing was started."""
 
