@@ -104,8 +104,7 @@ class BrokerRig:
             if r.levelno >= logging.ERROR
             and (
                 r.name == "ib_async.Decoder"
-                or (r.name == "ib_async.wrapper"
-                and not _IB_ERROR.match(r.getMessage()))
+                or (r.name == "ib_async.wrapper" and not _IB_ERROR.match(r.getMessage()))
             )
         ]
 
