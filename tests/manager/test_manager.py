@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import anyio
 import psutil
@@ -24,6 +26,7 @@ from fsm.errors import (
     RequestTimeout,
 )
 from fsm.lockfile import lock_path
+from fsm.maintenance import Window
 from fsm.manager import ConnectionManager, Notice, StateChange, Subscription
 from fsm.status import read_status, status_path
 
@@ -234,3 +237,19 @@ async def test_an_error_in_the_block_propagates_after_shutdown(tmp_path: Path, f
             await m.wait_connected(10)
             raise ValueError("trader bug")
     await assert_clean_exit(m, None)
+
+
+async def test_the_maintenance_window_in_force_reaches_the_core(tmp_path: Path, fake_argv: list[str]) -> None:
+    now = datetime.now(UTC)
+    around_now = Window(
+        "test-window",
+        (now - timedelta(hours=1)).time().replace(second=0, microsecond=0),
+        (now + timedelta(hours=1)).time().replace(second=0, microsecond=0),
+        ZoneInfo("UTC"),
+    )
+    async with ConnectionManager(quick(tmp_path, maintenance=(around_now,)), worker_argv=fake_argv) as m:
+        await m.wait_connected(10)
+        assert m.metrics()["maintenance_window"] == "test-window"
+    async with ConnectionManager(quick(tmp_path, maintenance=()), worker_argv=fake_argv) as m:
+        await m.wait_connected(10)
+        assert m.metrics()["maintenance_window"] is None
