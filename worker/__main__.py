@@ -276,6 +276,9 @@ async def read_stdin(on_line: Callable[[bytes], None], on_too_long: Callable[[in
 async def serve(out: BinaryIO) -> int:
     import ib_async
 
+    # Pay ib_async's one-time date-parsing set-up (_strptime, its regexes, zoneinfo: ~2 ms) before
+    # `ready`, so a spare worker's first connect does not (the start-up sync parses executions).
+    ib_async.util.parseIBDatetime("20240102 03:04:05 UTC")
     worker = Worker(out)
     worker.write(
         event(
