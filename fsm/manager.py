@@ -23,7 +23,7 @@ import anyio.abc
 from fsm.changes import Change, Notice, StateChange, Subscription
 from fsm.commands import check_seconds, encode_request, error_from
 from fsm.core import Reason, State, Transition
-from fsm.driver import MANAGER_COUNTERS, Driver
+from fsm.driver import Driver
 from fsm.errors import DisconnectForbidden, IbgwError, NotConnected, RequestTimeout, WorkerDied
 from fsm.pids import worker_label
 from fsm.process import Pending, WorkerProcess
@@ -31,7 +31,7 @@ from fsm.settings import Settings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MANAGER_COUNTERS", "Change", "ConnectionManager", "Notice", "StateChange", "Subscription"]
+__all__ = ["Change", "ConnectionManager", "Notice", "StateChange", "Subscription"]
 
 
 class ConnectionManager:
