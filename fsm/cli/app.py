@@ -184,6 +184,19 @@ def doctor(port: int | None, as_json: bool, state_dir: Path | None) -> int:
 
 
 # ----------------------------------------------------------------------------------------- run
+def _serve_address(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, int] | None:
+    """--serve HOST:PORT parsed by the health server's own rule (fsm.health.parse_address)."""
+    if value is None:
+        return None
+    from fsm.errors import ServeError
+    from fsm.health import parse_address
+
+    try:
+        return parse_address(value)
+    except ServeError as exc:
+        raise click.BadParameter(printable(one_line(str(exc))), ctx, param) from None
+
+
 @cli.command()
 @connection_options
 @state_dir_option
@@ -194,6 +207,21 @@ def doctor(port: int | None, as_json: bool, state_dir: Path | None) -> int:
     show_default=True,
     help="anyio backend for the manager (ib_async itself always runs in the worker).",
 )
+@click.option(
+    "--serve",
+    metavar="HOST:PORT",
+    default=None,
+    callback=_serve_address,
+    help="Serve /livez, /readyz and /metrics (Prometheus) over HTTP at this address, e.g. "
+    "127.0.0.1:9108 (a bare PORT means 127.0.0.1; 0 picks a free port). Loopback only unless "
+    "--serve-remote.",
+)
+@click.option(
+    "--serve-remote",
+    is_flag=True,
+    help="Allow --serve on a non-loopback address: health and metrics become reachable from "
+    "other machines (unauthenticated).",
+)
 def run(
     host: str | None,
     port: int | None,
@@ -202,14 +230,21 @@ def run(
     handshake_timeout: float | None,
     state_dir: Path | None,
     backend: str,
+    serve: tuple[str, int] | None,
+    serve_remote: bool,
 ) -> int:
     """Connect to a real Gateway and keep the session alive until Ctrl-C or SIGTERM.
 
     Prints every state change. On Ctrl-C / SIGTERM the worker is retired by process exit (stdin
-    EOF, then SIGTERM, then SIGKILL) — never by disconnect(). Exit 0 after a clean shutdown,
-    3 if another manager already holds this host/port/client id.
+    EOF, then SIGTERM, then SIGKILL) — never by disconnect(). With --serve, health and metrics
+    are served over HTTP from before the first connect until the shutdown ends. Exit 0 after a
+    clean shutdown, 2 if the --serve address cannot be used, 3 if another manager already holds
+    this host/port/client id.
     """
     from fsm.cli.run import run_forever
+
+    if serve_remote and serve is None:
+        raise CliError("--serve-remote: only meaningful with --serve HOST:PORT")
 
     settings = build_settings(
         host=host,
@@ -219,7 +254,7 @@ def run(
         handshake_timeout=handshake_timeout,
         state_dir=state_dir,
     )
-    return run_forever(settings, backend=backend)
+    return run_forever(settings, backend=backend, serve=serve, serve_remote=serve_remote)
 
 
 # ---------------------------------------------------------------------------------------- demo

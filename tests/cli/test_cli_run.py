@@ -5,124 +5,17 @@ simulator in this process (on its own thread), a private state directory.
 from __future__ import annotations
 
 import json
-import os
-import queue
 import signal
 import socketserver
-import subprocess
-import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
 
 import psutil
-import pytest
+from support.cli import CLIENT_ID, Run, ibgw
 
-from gatewaysim import ThreadedSim, running_in_thread, wire
-
-CLIENT_ID = 31
-
-
-class Lines:
-    """A pipe's lines, read on a thread, so the test can wait for one with a deadline."""
-
-    def __init__(self, pipe: IO[str]) -> None:
-        self.seen: list[str] = []
-        self._q: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._pump, args=(pipe,), daemon=True).start()
-
-    def _pump(self, pipe: IO[str]) -> None:
-        for line in iter(pipe.readline, ""):
-            self._q.put(line)
-        self._q.put(None)
-
-    def wait_for(self, pred: Callable[[str], bool], timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = self._q.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(
-                    f"no matching line within {timeout} s; saw:\n" + "".join(self.seen)
-                ) from None
-            if line is None:
-                raise AssertionError("the process closed its output; saw:\n" + "".join(self.seen))
-            self.seen.append(line)
-            if pred(line):
-                return line
-
-    def rest(self, timeout: float = 10) -> str:
-        """Everything until EOF (call after the process exited)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            line = self._q.get(timeout=max(0.0, deadline - time.monotonic()))
-            if line is None:
-                return "".join(self.seen)
-            self.seen.append(line)
-
-
-def _env(state_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("IBKR_", "IBGW_"))}
-    env["IBGW_STATE_DIR"] = str(state_dir)
-    return env
-
-
-def ibgw(*args: str, state_dir: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "fsm.cli", *args],
-        env=_env(state_dir),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
-
-
-@pytest.fixture
-def sim() -> Iterator[ThreadedSim]:
-    with running_in_thread() as s:
-        yield s
-
-
-class Run:
-    """`ibgw run` against the simulator, as a child process."""
-
-    def __init__(self, port: int, state_dir: Path, client_id: int = CLIENT_ID) -> None:
-        argv = [sys.executable, "-m", "fsm.cli", "run", "--port", str(port), "--client-id", str(client_id)]
-        self.proc = subprocess.Popen(
-            argv,
-            env=_env(state_dir),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        self.out = Lines(self.proc.stdout)
-        self.err = Lines(self.proc.stderr)
-
-    def wait_connected(self) -> None:
-        self.out.wait_for(lambda line: "--> CONNECTED" in line, timeout=60)
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        self.proc.send_signal(sig)
-        return self.proc.wait(timeout=60)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
-
-
-@pytest.fixture
-def runs() -> Iterator[list[Run]]:
-    started: list[Run] = []
-    yield started
-    for r in started:  # a failing test must not leave a manager (and its worker) behind
-        r.kill()
+from gatewaysim import ThreadedSim, wire
 
 
 def _closes_recorded(g: object) -> bool:
