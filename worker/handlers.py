@@ -261,3 +261,6 @@ async def disconnect(ctx: Context, p: NoParams) -> Result:
 
 
 assert set(registry.names()) == set(COMMAND_PARAMS), "protocol and registry disagree"
+
+# The data commands (qualify, historical_bars, snapshot, subscribe, unsubscribe) register here too.
+import worker.market  # noqa: E402, F401
