@@ -48,6 +48,10 @@ class Component:
         """Plain data for `Gateway.snapshot()`."""
         return {}
 
+    def data_lost(self) -> None:
+        """IB's servers came back without the sessions' data (1101): forget what every client
+        must request again."""
+
 
 C = TypeVar("C", bound=Component)
 
@@ -255,8 +259,12 @@ class Gateway:
         self.emit("connectivity", f"1100 lost, sent to {n} session(s)")
 
     def connectivity_restored(self, data_lost: bool) -> None:
-        """1101 (data lost: re-subscribe) or 1102 (data maintained) to every session."""
+        """1101 (data lost: every subscription is gone, clients must request again) or 1102
+        (data maintained: subscriptions flow again) to every session."""
         self.upstream_connected = True
+        if data_lost:
+            for c in list(self._components.values()):
+                c.data_lost()
         code, text = (1101, TEXT_1101) if data_lost else (1102, TEXT_1102)
         n = self.broadcast(code, text)
         self.emit("connectivity", f"{code} restored, sent to {n} session(s)")

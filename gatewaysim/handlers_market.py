@@ -163,7 +163,7 @@ def req_mkt_data(s: Session, f: list[str]) -> None:
 def cancel_mkt_data(s: Session, f: list[str]) -> None:
     req_id = int(f[2])
     market = _market(s)
-    if market.close(s, req_id, Quotes) is None:
+    if not market.close(s, req_id, Quotes):
         market.error(s, req_id, 300, f"Can't find EId with tickerId:{req_id}")
 
 
@@ -291,5 +291,5 @@ def cancel_historical_data(s: Session, f: list[str]) -> None:
     """Ends keepUpToDate updates; a request already answered or unknown gets 366."""
     req_id = int(f[2])
     market = _market(s)
-    if market.close(s, req_id, BarUpdates) is None:
+    if not market.close(s, req_id, BarUpdates):
         market.error(s, req_id, 366, f"No historical data query found for ticker id:{req_id}")

@@ -216,6 +216,7 @@ class Market(Component):
         self.farm_down = False
         self.data_types: dict[int, int] = {}  # session id -> reqMarketDataType
         self.streams: dict[tuple[int, int], Stream] = {}
+        self.lost: set[tuple[int, int]] = set()  # streams data_lost() ended, until cancelled
         self._pump_timer: Timer | None = None
         self._farm_timer: Timer | None = None
 
@@ -283,10 +284,13 @@ class Market(Component):
         self.gateway.emit("fault", f"pacing violation for the next {count} historical request(s)")
 
     def data_lost(self) -> None:
-        """IB's 1101: every market-data subscription is gone; clients must re-subscribe."""
+        """IB's 1101 (`Gateway.connectivity_restored(data_lost=True)` calls it): every
+        subscription is gone and nothing more flows on it; clients must request again. A
+        cancel of a lost one is accepted quietly (ib_async re-requests by cancel, then request)."""
         n = len(self.streams)
         for st in list(self.streams.values()):
             self._drop(st)
+            self.lost.add(st.key)
         self.gateway.emit("market_data_lost", f"{n} subscription(s) dropped")
 
     def _instruments(self, instrument: str | int) -> list[Instrument]:
@@ -327,6 +331,7 @@ class Market(Component):
     def session_ended(self, s: Session) -> None:
         for st in [st for st in self.streams.values() if st.session is s]:
             self._drop(st)
+        self.lost = {key for key in self.lost if key[0] != s.session_id}
         self.data_types.pop(s.session_id, None)
 
     def error(self, s: Session, req_id: int, code: int, text: str) -> None:
@@ -340,6 +345,7 @@ class Market(Component):
         if st.key in self.streams:
             self.error(st.session, st.req_id, 102, "Duplicate ticker ID.")
             return False
+        self.lost.discard(st.key)  # re-requested under its old id
         if isinstance(st, Quotes) and not st.snapshot and not self.lines.acquire(st.key):
             self.error(st.session, st.req_id, 101, "Max number of tickers has been reached.")
             return False
@@ -361,13 +367,18 @@ class Market(Component):
         self._arm()
         return True
 
-    def close(self, s: Session, req_id: int, kind: type[Stream]) -> Stream | None:
-        """End one stream of this kind; None when there is none (the caller answers that)."""
-        st = self.streams.get((s.session_id, req_id))
+    def close(self, s: Session, req_id: int, kind: type[Stream]) -> bool:
+        """End one stream of this kind; False when there is none, nor one lost to data_lost()
+        (the caller answers that)."""
+        key = (s.session_id, req_id)
+        st = self.streams.get(key)
         if not isinstance(st, kind):
-            return None
+            if key in self.lost:
+                self.lost.discard(key)
+                return True
+            return False
         self._drop(st)
-        return st
+        return True
 
     def _drop(self, st: Stream) -> None:
         self.streams.pop(st.key, None)

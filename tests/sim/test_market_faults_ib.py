@@ -1,0 +1,86 @@
+"""Connectivity and farm faults of the simulated market against the real ib_async 2.1.0.
+
+1101 ("restored - data lost") ends every subscription as a real Gateway does: the client hears
+nothing more on it until it requests again (trading-surface.md C.2); 1102 keeps them flowing. A
+session that connects while the market data farm is down hears 2103 at its handshake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import pytest
+from ib_async import IB, Stock
+from support.market import T, dropped_messages, market_rig
+
+pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["asyncio"])]
+
+AAPL = Stock("AAPL", "SMART", "USD", conId=265598)
+SPY = Stock("SPY", "SMART", "USD", conId=756733)
+
+
+@pytest.fixture
+def log_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    caplog.set_level(logging.WARNING, logger="ib_async")
+    return caplog.records
+
+
+async def until(ib: IB, predicate: Callable[[], bool]) -> None:
+    """Wait for a condition on what `ib` has received, woken by each of its reads."""
+    async with asyncio.timeout(T):
+        while not predicate():
+            await ib.updateEvent
+
+
+async def test_1101_loses_every_subscription_and_a_request_again_flows(
+    anyio_backend: str, log_records: list[logging.LogRecord]
+) -> None:
+    async with market_rig(tick_rate=20) as rig:
+        ib = rig.ib
+        ticker = ib.reqMktData(AAPL)
+        updates: list[float] = []
+        ticker.updateEvent += lambda t: updates.append(t.last)
+        await rig.until(lambda: len(updates) >= 3)
+        [old] = rig.market.streams.values()
+        rig.sim.connectivity_lost()
+        await rig.until(lambda: 1100 in rig.codes())
+        rig.sim.connectivity_restored(data_lost=True)
+        await rig.until(lambda: 1101 in rig.codes())
+        assert rig.market.streams == {} and rig.market.lines.snapshot()["in_use"] == 0
+        n = len(updates)
+        # a new subscription flows while the old one stays silent
+        spy = ib.reqMktData(SPY)
+        spy_updates: list[float] = []
+        spy.updateEvent += lambda t: spy_updates.append(t.last)
+        await rig.until(lambda: len(spy_updates) >= 5)
+        await ib.reqCurrentTimeAsync()  # whatever was sent before this answer has been read
+        assert len(updates) == n
+        # ib_async's way to request again within the session: cancel (accepted quietly,
+        # no 300), then reqMktData under a new reqId into the same Ticker
+        ib.cancelMktData(AAPL)
+        assert ib.reqMktData(AAPL) is ticker
+        await rig.until(lambda: len(updates) >= n + 3)
+        new = next(st for st in rig.market.streams.values() if st.ins.symbol == "AAPL")
+        assert new.req_id != old.req_id and new.sent > 0
+        assert rig.codes() == [1100, 1101]
+        assert dropped_messages(log_records) == []
+
+
+async def test_1102_keeps_the_subscriptions_flowing(
+    anyio_backend: str, log_records: list[logging.LogRecord]
+) -> None:
+    async with market_rig(tick_rate=20) as rig:
+        rig.ib.reqMktData(AAPL)
+        await rig.wait(lambda: any(st.sent > 0 for st in rig.market.streams.values()))
+        [stream] = rig.market.streams.values()
+        rig.sim.connectivity_lost()
+        await rig.until(lambda: 1100 in rig.codes())
+        sent = stream.sent
+        await rig.pumps(3)
+        assert stream.sent == sent  # nothing flows while IB's servers are unreachable
+        rig.sim.connectivity_restored(data_lost=False)
+        await rig.wait(lambda: stream.sent > sent)
+        assert list(rig.market.streams.values()) == [stream] and rig.codes() == [1100, 1102]
+        assert dropped_messages(log_records) == []
