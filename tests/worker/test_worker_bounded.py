@@ -16,7 +16,12 @@ from worker.protocol import Code
 TIMEOUT = 0.5
 MARGIN = 2.0  # s an answer may take beyond its timeout on a loaded machine
 # params a command needs besides timeout (commands with required fields must be listed here)
-EXAMPLE_PARAMS: dict[str, dict[str, Any]] = {"probe": {"window": 0.0}}
+EXAMPLE_PARAMS: dict[str, dict[str, Any]] = {
+    "probe": {"window": 0.0},
+    "qualify": {"symbol": "AAPL"},
+    "historical_bars": {"symbol": "AAPL"},
+    "subscribe": {"stream": "quotes", "symbol": "AAPL"},
+}
 TIMED_OUT = {Code.REQUEST_TIMEOUT, Code.GATEWAY_SILENT}
 
 
