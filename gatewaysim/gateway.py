@@ -23,13 +23,20 @@ from .faults import Faults, check_drop_mode, check_seconds, check_sync_name, che
 from .observe import CloseRecord, Counters, SessionInfo, SimEvent
 from .orderflow import REJECT_REASON, Desk
 from .scheduler import Scheduler
-from .session import FARMS_OK, TEXT_1100, Session
+from .session import Session
 
 log = logging.getLogger("gatewaysim")
 
+TEXT_1100 = "Connectivity between IB and Trader Workstation has been lost."
 TEXT_1101 = "Connectivity between IB and Trader Workstation has been restored - data lost."
 TEXT_1102 = "Connectivity between IB and Trader Workstation has been restored - data maintained."
 TEXT_2103 = "Market data farm connection is broken:usfarm"
+FARMS_OK = (
+    (2104, "Market data farm connection is OK:usfarm"),
+    (2106, "HMDS data farm connection is OK:ushmds"),
+    (2158, "Sec-def data farm connection is OK:secdefnj"),
+)
+Notice = tuple[int, str]  # a system message (reqId -1): code, text
 
 
 class Component:
@@ -51,6 +58,11 @@ class Component:
     def data_lost(self) -> None:
         """IB's servers came back without the sessions' data (1101): forget what every client
         must request again."""
+
+    def handshake_notices(self, notices: list[Notice]) -> list[Notice]:
+        """The notices a new session hears after its handshake, as this topic's state makes
+        them (a farm that is down says so)."""
+        return notices
 
 
 C = TypeVar("C", bound=Component)
@@ -316,6 +328,16 @@ class Gateway:
         """The trading day ends: working DAY orders are cancelled; GTC orders keep working."""
         self.desk.end_of_day()
         self.emit("end_of_day", "DAY orders cancelled")
+
+    def handshake_notices(self) -> list[Notice]:
+        """What a new session hears after nextValidId and managedAccounts: 1100 while IB's
+        servers are unreachable, else the state of each data farm."""
+        if not self.upstream_connected:
+            return [(1100, TEXT_1100)]
+        notices = list(FARMS_OK)
+        for c in self._components.values():
+            notices = c.handshake_notices(notices)
+        return notices
 
     def broadcast(self, code: int, text: str) -> int:
         """A system message (reqId -1) to every live, handshaken session; none while RED."""

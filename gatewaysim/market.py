@@ -16,12 +16,12 @@ from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
 from . import history, wire
-from .gateway import TEXT_2103, Component, Gateway
+from .gateway import FARMS_OK, TEXT_2103, Component, Gateway, Notice
 from .instruments import Instrument, by_con_id, lookup
 from .pacing import Budget, HistoricalPacing, Limits
 from .prices import NS, Bar, PriceProcess, Quote
 from .scheduler import Timer
-from .session import FARMS_OK, Session
+from .session import Session
 
 log = logging.getLogger("gatewaysim")
 
@@ -292,6 +292,12 @@ class Market(Component):
             self._drop(st)
             self.lost.add(st.key)
         self.gateway.emit("market_data_lost", f"{n} subscription(s) dropped")
+
+    def handshake_notices(self, notices: list[Notice]) -> list[Notice]:
+        """While the farm is down a new session hears 2103 where it would hear 2104."""
+        if not self.farm_down:
+            return notices
+        return [(2103, TEXT_2103) if n == FARMS_OK[0] else n for n in notices]
 
     def _instruments(self, instrument: str | int) -> list[Instrument]:
         if isinstance(instrument, int):

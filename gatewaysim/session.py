@@ -23,12 +23,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gatewaysim")
 
-TEXT_1100 = "Connectivity between IB and Trader Workstation has been lost."
-FARMS_OK = (
-    (2104, "Market data farm connection is OK:usfarm"),
-    (2106, "HMDS data farm connection is OK:ushmds"),
-    (2158, "Sec-def data farm connection is OK:secdefnj"),
-)
 TEXT_326 = "Unable to connect as the client id is already in use. Retry with a unique client id."
 CODE_READ_ERROR = 320  # TWS: "Server error when reading an API client request."
 CODE_UNKNOWN_ID = 505  # official ibapi: "Fatal Error: Unknown message id."
@@ -212,8 +206,7 @@ class Session:
         self.handshaken_at = gw.now()
         gw.counters.handshakes += 1
         self.send(wire.next_valid_id(gw.next_valid_id(cid)), wire.managed_accounts(gw.accounts))
-        # While IB's servers are unreachable a new session hears 1100, not "farm OK".
-        for code, text in FARMS_OK if gw.upstream_connected else ((1100, TEXT_1100),):
+        for code, text in gw.handshake_notices():
             self.error(-1, code, text)
         self._events.append(Handshake(cid))
         gw.emit("handshake", f"session {self.session_id}: client id {cid}, server version {self.version}")

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import pytest
 from ib_async import IB, Stock
-from support.market import T, dropped_messages, market_rig
+from support.market import T, dropped_messages, market_rig, never_disconnecting_ib
 
 pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["asyncio"])]
 
@@ -83,4 +83,28 @@ async def test_1102_keeps_the_subscriptions_flowing(
         rig.sim.connectivity_restored(data_lost=False)
         await rig.wait(lambda: stream.sent > sent)
         assert list(rig.market.streams.values()) == [stream] and rig.codes() == [1100, 1102]
+        assert dropped_messages(log_records) == []
+
+
+async def test_a_session_connecting_during_a_farm_outage_hears_2103(
+    anyio_backend: str, log_records: list[logging.LogRecord]
+) -> None:
+    async with market_rig() as rig:
+        rig.market.farm_outage()
+        await rig.until(lambda: 2103 in rig.codes())
+
+        async def connect(client_id: int) -> tuple[IB, list[int]]:
+            ib, codes = never_disconnecting_ib(), []
+            ib.errorEvent += lambda req_id, code, msg, contract: codes.append(code)
+            await ib.connectAsync("127.0.0.1", rig.sim.port, clientId=client_id, timeout=T)
+            await until(ib, lambda: len(codes) >= 3)
+            return ib, codes
+
+        late, codes = await connect(2)
+        assert codes == [2103, 2106, 2158]
+        rig.market.farm_restored()
+        await until(late, lambda: len(codes) == 4)
+        assert codes[-1] == 2104
+        _, after = await connect(3)
+        assert after == [2104, 2106, 2158]
         assert dropped_messages(log_records) == []
