@@ -6,16 +6,13 @@ from __future__ import annotations
 
 import json
 import signal
-import socketserver
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
 from support.cli import CLIENT_ID, Run, ibgw
+from support.peers import running, too_old_gateway
 
-from gatewaysim import ThreadedSim, wire
+from gatewaysim import ThreadedSim
 
 
 def _closes_recorded(g: object) -> bool:
@@ -89,37 +86,11 @@ def test_second_manager_for_the_same_client_id_exits_3(
     assert first.stop() == 0
 
 
-class _TooOldHello(socketserver.BaseRequestHandler):
-    """Reads the API hello, answers as a Gateway of server version 100 would, then waits."""
-
-    def handle(self) -> None:
-        seen = b""
-        while len(seen) < 8 or len(seen) < 8 + int.from_bytes(seen[4:8], "big"):
-            chunk = self.request.recv(4096)
-            if not chunk:
-                return
-            seen += chunk
-        self.request.sendall(wire.server_hello(100, "20260101 00:00:00 UTC"))
-        while self.request.recv(4096):  # until the client's process exits
-            pass
-
-
-@contextmanager
-def too_old_gateway() -> Iterator[int]:
-    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), _TooOldHello) as server:
-        server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        try:
-            yield server.server_address[1]
-        finally:
-            server.shutdown()
-
-
 def test_run_prints_why_a_connect_failed(tmp_path: Path, runs: list[Run]) -> None:
     """A Gateway too old for ib_async: `ibgw run` says so on stdout at once (issue 11 item 8),
     not only in the worker's log and not as a handshake timeout 30 s later."""
-    with too_old_gateway() as port:
-        run = Run(port, tmp_path)
+    with running(too_old_gateway) as peer:
+        run = Run(peer.port, tmp_path)
         runs.append(run)
         failed = "HANDSHAKING --handshake_failed--> DEGRADED_RED  (refused)"
 

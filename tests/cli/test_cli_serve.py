@@ -13,6 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from support.cli import CLIENT_ID, Run, ibgw
 from support.http import Reply, http_get
+from support.peers import running, too_old_gateway
 
 from gatewaysim import ThreadedSim
 
@@ -78,6 +79,24 @@ def test_serve_answers_livez_readyz_and_metrics_while_connected(
     assert "--shutdown--> IDLE" in out and "stopped: state IDLE" in out
     with pytest.raises(OSError):  # the port is closed once `ibgw run` has ended
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+def test_readyz_is_503_with_the_state_and_reason_while_the_gateway_refuses(
+    tmp_path: Path, runs: list[Run]
+) -> None:
+    with running(too_old_gateway) as peer:
+        run = Run(peer.port, tmp_path, "--serve", "127.0.0.1:0")
+        runs.append(run)
+        port = serving_port(run)
+        run.out.wait_for(lambda line: "--handshake_failed--> DEGRADED_RED" in line, timeout=20)
+        assert get(port, "/livez").status == 200  # alive, just not ready
+        ready = get(port, "/readyz")
+        assert ready.status == 503, ready.text
+        body = ready.json()
+        assert (body["status"], body["ready"]) == ("not_ready", False)
+        assert (body["state"], body["reason"]) == ("DEGRADED_RED", "refused")
+        assert body["expected"] is False  # outside any maintenance window: an alarm
+        assert run.stop() == 0
 
 
 def test_serve_on_a_non_loopback_address_is_refused_before_any_worker(

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO
 
@@ -55,10 +55,11 @@ class Lines:
             self.seen.append(line)
 
 
-def cli_env(state_dir: Path) -> dict[str, str]:
-    """This environment without IBKR_*/IBGW_* values, with the state directory given."""
+def cli_env(state_dir: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This environment without IBKR_*/IBGW_* values, with the state directory given and no
+    maintenance windows (a test must not answer differently at IB's reset hour), then `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("IBKR_", "IBGW_"))}
-    env["IBGW_STATE_DIR"] = str(state_dir)
+    env.update(IBGW_STATE_DIR=str(state_dir), IBGW_MAINTENANCE="off", **(extra or {}))
     return env
 
 
@@ -75,13 +76,21 @@ def ibgw(*args: str, state_dir: Path) -> subprocess.CompletedProcess[str]:
 
 
 class Run:
-    """`ibgw run` against a Gateway on loopback `port`, as a child process (`extra`: more flags)."""
+    """`ibgw run` against a Gateway on loopback `port`, as a child process (`extra`: more flags,
+    `env`: more environment)."""
 
-    def __init__(self, port: int, state_dir: Path, *extra: str, client_id: int = CLIENT_ID) -> None:
+    def __init__(
+        self,
+        port: int,
+        state_dir: Path,
+        *extra: str,
+        client_id: int = CLIENT_ID,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         argv = [sys.executable, "-m", "fsm.cli", "run", "--port", str(port), "--client-id", str(client_id)]
         self.proc = subprocess.Popen(
             [*argv, *extra],
-            env=cli_env(state_dir),
+            env=cli_env(state_dir, env),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from conftest import Peer
+from support.peers import Peer
 from support.worker_process import WorkerProcess
 
 from worker.handlers import registry

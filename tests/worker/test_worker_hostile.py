@@ -5,7 +5,7 @@ which used to pin the worker at 100 % CPU and ~370 MiB for the whole 30 s handsh
 from __future__ import annotations
 
 import psutil
-from conftest import Peer
+from support.peers import Peer
 from support.worker_process import WorkerProcess
 
 from worker.protocol import Code

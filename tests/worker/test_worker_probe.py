@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import Peer
+from support.peers import Peer
 from support.worker_process import WorkerProcess
 
 from gatewaysim.threaded import ThreadedSim, running_in_thread
