@@ -31,6 +31,8 @@ class StateChange:
 
     ``at`` is wall-clock epoch seconds (for people); ``at_ns`` is the core's monotonic ns (for
     measuring). ``dropped`` counts items this subscriber lost to overflow just before this one.
+    ``window`` names the maintenance window it happened in; ``expected`` is the core's tag
+    (Transition.expected): inside a window, for a reason IB or the Gateway causes — no alarm.
     """
 
     at: float
@@ -40,6 +42,8 @@ class StateChange:
     reason: Reason | None
     at_ns: int
     dropped: int = 0
+    window: str | None = None
+    expected: bool = False
 
 
 @dataclass(frozen=True, slots=True)

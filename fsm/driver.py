@@ -206,7 +206,11 @@ class Driver:
             ):
                 self._tg.start_soon(self.workers.add_spare, lambda: self.closing)
             log.info("%s --%s--> %s (%s)", t.source, t.event, t.dest, t.reason or "-")
-            self.changes.publish(StateChange(at, t.source, t.event, t.dest, t.reason, t.at_ns))
+            self.changes.publish(
+                StateChange(
+                    at, t.source, t.event, t.dest, t.reason, t.at_ns, window=t.window, expected=t.expected
+                )
+            )
         self._write_status()
         self._notify_changed()
 
@@ -442,5 +446,6 @@ class Driver:
                 farms=self.farms,
                 last_error=self.last_error,
                 stopped=stopped,
+                expected=bool(self.core.history) and self.core.history[-1].expected,
             )
         )

@@ -31,7 +31,7 @@ __all__ = ["UNKNOWN", "read_all", "read_status", "snapshot", "status_path", "wri
 UNKNOWN = "unknown"
 """The state of a snapshot that could not be read or trusted."""
 
-_KEPT_OUT = frozenset({"state", "reason", "worker_pid", "client_id", "since_ns"})
+_KEPT_OUT = frozenset({"state", "reason", "worker_pid", "client_id", "since_ns", "maintenance_window"})
 
 
 def status_path(state_dir: Path, address: str, port: int, client_id: int) -> Path:
@@ -49,8 +49,12 @@ def snapshot(
     farms: Mapping[int, str],
     last_error: str | None,
     stopped: bool,
+    expected: bool = False,
 ) -> dict[str, Any]:
-    """The snapshot of one manager: state, identity, counters (flat numbers) and farm notices."""
+    """The snapshot of one manager: state, identity, counters (flat numbers) and farm notices.
+
+    ``maintenance_window`` names the window in force (None outside one); ``expected`` says the
+    last state change was tagged expected (Transition.expected: no alarm)."""
     counters = {
         k: v
         for k, v in metrics.items()
@@ -63,6 +67,8 @@ def snapshot(
         "since": since,
         "reason": metrics.get("reason"),
         "last_error": last_error,
+        "maintenance_window": metrics.get("maintenance_window"),
+        "expected": expected,
         "host": settings.host,
         "address": address,
         "port": settings.port,
