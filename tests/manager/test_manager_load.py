@@ -75,7 +75,12 @@ ACCOUNTS = tuple(f"DU{n:07d}" for n in range(4500))  # the simulator books 2 pos
 
 async def test_nine_thousand_positions_arrive_intact_through_the_manager(tmp_path: Path) -> None:
     async with GatewaySim(accounts=ACCOUNTS, faults=Faults(red_on_fast_close=FAST_CLOSE_WINDOW)) as sim:
-        s = fast_settings(tmp_path, sim.port, CID, request_timeout=60.0)
+        # The worker spends a few hundred ms of CPU on 9,000 positions (ib_async's decoding, then
+        # the chunking): more than the 0.3 s probe timeout of the fault tests on a loaded machine,
+        # far less than the default 5 s. The probe must survive it with a margin, as in production.
+        s = fast_settings(
+            tmp_path, sim.port, CID, request_timeout=60.0, probe_interval=2.0, probe_timeout=1.5
+        )
         async with ConnectionManager(s) as m:
             await m.wait_connected(60)
             pid = m.worker_pid
