@@ -20,7 +20,7 @@ from typing import Any
 import click
 
 from .faults import Faults
-from .market import PERMISSIONS, Market
+from .market import PERMISSIONS
 from .observe import SimEvent
 from .pacing import Limits
 from .threaded import ThreadedSim, running_in_thread
@@ -87,10 +87,7 @@ def _command(sim: ThreadedSim, line: str) -> None:
     if name == "pacing_violation":
         args = [int(a) for a in args]
     try:
-        if name in MARKET_CONTROLS:
-            sim.run(lambda: getattr(sim.sim.component(Market), name)(*args))
-        else:
-            sim.call(name, *args)
+        getattr(sim, name)(*args)
     except Exception as exc:  # a typo at the prompt must not stop the simulator
         click.echo(f"{name}: {type(exc).__name__}: {exc}", err=True)
 
@@ -190,8 +187,10 @@ def main(
             seed=seed,
             tick_rate=tick_rate,
         ) as sim:
-            if grants or no_limits:
-                sim.run(lambda: _configure_market(sim.sim.component(Market), grants, no_limits))
+            for symbol, level in grants:
+                sim.market_data_permission(symbol, level)
+            if no_limits:
+                sim.set_limits(Limits(enabled=False))
             for line in sys.stdin:
                 _command(sim, line)
             threading.Event().wait()  # stdin closed: serve until Ctrl-C / SIGTERM
@@ -200,13 +199,6 @@ def main(
     except (OSError, ValueError, KeyError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo("gatewaysim stopped")
-
-
-def _configure_market(market: Market, grants: list[tuple[str, str]], no_limits: bool) -> None:
-    for symbol, level in grants:
-        market.market_data_permission(symbol, level)
-    if no_limits:
-        market.set_limits(Limits(enabled=False))
 
 
 if __name__ == "__main__":

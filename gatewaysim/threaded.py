@@ -14,7 +14,9 @@ from typing import Any, TypeVar
 import anyio
 from anyio.from_thread import BlockingPortal
 
+from .market import Market
 from .orderflow import REJECT_REASON
+from .pacing import Limits
 from .server import GatewaySim
 
 START_TIMEOUT = 10.0
@@ -42,6 +44,10 @@ class ThreadedSim:
     def run(self, fn: Callable[[], T]) -> T:
         """Run `fn()` on the simulator's loop (e.g. a component's operation) and return its result."""
         return self._portal.call(fn)
+
+    def market_call(self, fn_name: str, *args: Any) -> Any:
+        """Run `<the sim's Market>.<fn_name>(*args)` on the simulator's loop."""
+        return self._portal.call(lambda: getattr(self.sim.component(Market), fn_name)(*args))
 
     def snapshot(self) -> dict[str, Any]:
         return self._portal.call(self.sim.snapshot)
@@ -104,6 +110,25 @@ class ThreadedSim:
 
     def end_of_day(self) -> None:
         self.call("end_of_day")
+
+    # The market's operations (gatewaysim.market.Market), by name.
+    def market_data_permission(self, instrument: str | int, level: str) -> None:
+        self.market_call("market_data_permission", instrument, level)
+
+    def farm_outage(self, seconds: float | None = None) -> None:
+        self.market_call("farm_outage", seconds)
+
+    def farm_restored(self) -> None:
+        self.market_call("farm_restored")
+
+    def pacing_violation(self, count: int = 1) -> None:
+        self.market_call("pacing_violation", count)
+
+    def data_lost(self) -> None:
+        self.market_call("data_lost")
+
+    def set_limits(self, limits: Limits) -> None:
+        self.market_call("set_limits", limits)
 
 
 @contextmanager
