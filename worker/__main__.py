@@ -68,9 +68,11 @@ class Worker:
 
     def __init__(self, out: BinaryIO) -> None:
         from worker.handlers import Context, registry
+        from worker.orders import register as register_orders
         from worker.session import Session
 
         self._out = out
+        register_orders(registry, self.emit)
         self.registry = registry
         self._params_map = registry.params_map()
         self.ctx = Context(session=Session(self.emit))

@@ -1,0 +1,483 @@
+"""The worker's order commands and the order events it pushes (issue 14).
+
+`register(registry, emit)` adds place_order, modify_order, cancel_order, open_orders,
+completed_orders and executions to the command registry (worker.__main__ calls it).
+
+ib_async reports an order in its own words, not always the broker's: it has no "Rejected"
+(a refused order becomes "Cancelled", trading-surface.md B.5), any order error on a live order
+turns it "Cancelled" locally (even a 10147 that raced a fill), a warning (399, 2109) turns it
+"ValidationError", and its own placeOrder/cancelOrder write "PendingSubmit"/"PendingCancel" into
+the trade's log. OrderDesk therefore keeps the status the broker last sent (`status_of`), says
+the rest as `order_error` events, and answers each command from what the broker sent:
+
+- place_order: acknowledged (openOrder/orderStatus with a permId) -> OrderState; an order
+  error first -> `order_rejected` with IB's code; session lost first -> `session_lost`; no word
+  within the timeout -> `request_timeout` (the order may be live: the manager reconciles).
+- modify_order: the broker's next openOrder for it -> OrderState; an order error ->
+  `order_rejected`.
+- cancel_order: orderStatus Cancelled or error 202 -> OrderState; 10147/10148 (or any other
+  order error) -> `order_rejected`.
+
+Each command sends at most one message to the Gateway and never repeats it; every wait is
+bounded by the command's timeout. A session connected read-only refuses all three at once
+(`read_only`), with nothing sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import weakref
+from collections.abc import Callable
+from dataclasses import fields
+from datetime import UTC
+from typing import Any, Literal
+
+import msgspec
+from ib_async import IB, Contract, ExecutionFilter, Fill, LimitOrder, MarketOrder, Order, StopOrder, Trade
+from ib_async.objects import CommissionReport
+from ib_async.order import OrderStatus
+
+from worker.handlers import Context, Registry, Result
+from worker.orders_protocol import (
+    ACKNOWLEDGED,
+    ORDER_COMMANDS,
+    TERMINAL,
+    CancelOrderParams,
+    CompletedOrdersParams,
+    ExecutionsParams,
+    ExecutionsResult,
+    ModifyOrderParams,
+    OpenOrdersParams,
+    OrderCode,
+    OrderErrorData,
+    OrderEvent,
+    OrdersResult,
+    OrderState,
+    PlaceOrderParams,
+)
+from worker.protocol import DEFAULT_REQUEST_TIMEOUT, Code, CommandError, Event, event
+from worker.session import Session
+from worker.snapshot import execution, order_state
+
+log = logging.getLogger("worker.orders")
+
+__all__ = ["OrderDesk", "is_warning", "register"]
+
+COMMISSION_WAIT = 2.0  # s an `executions` answer waits for commission reports still missing
+CANCELLED = frozenset({"Cancelled", "ApiCancelled"})
+
+Emit = Callable[[Event], None]
+Judgement = Literal["ok"] | CommandError | None
+
+
+def is_warning(code: int) -> bool:
+    """IB messages about an order that leave it as it was (399: held until the market opens,
+    404: shares being located, 2100-2199: order event warnings such as 2109)."""
+    return code in (399, 404) or 2100 <= code < 2200
+
+
+def _timeout(timeout: float | None) -> float:
+    return DEFAULT_REQUEST_TIMEOUT if timeout is None else timeout
+
+
+class _Wait:
+    """One command waiting for the broker's word on one order id."""
+
+    def __init__(self, judge: Callable[[str, int, str], Judgement]) -> None:
+        self.judge = judge  # (kind: "status" | "open" | "error", ib code, message) -> outcome
+        self.future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def offer(self, kind: str, code: int = 0, message: str = "") -> None:
+        if self.future.done():
+            return
+        verdict = self.judge(kind, code, message)
+        if verdict == "ok":
+            self.future.set_result(None)
+        elif isinstance(verdict, CommandError):
+            self.future.set_exception(verdict)
+
+    def fail(self, err: CommandError) -> None:
+        if not self.future.done():
+            self.future.set_exception(err)
+
+
+class OrderDesk:
+    """The orders of one ib_async session, as the broker has said them; pushes order events."""
+
+    def __init__(self, ib: IB, client_id: int, emit: Emit) -> None:
+        self.ib = ib
+        self.client_id = client_id
+        self._emit = emit
+        self._local: set[int] = set()  # ids of trade log entries ib_async wrote itself
+        self._muted = False  # inside our own placeOrder/cancelOrder call: its events are ib_async's
+        self._waits: dict[int, list[_Wait]] = {}
+        self._last: dict[int, tuple[Trade, OrderState]] = {}  # id(trade) -> last state emitted
+        self._sent_execs: set[str] = set()
+        ib.orderStatusEvent += self._on_status
+        ib.openOrderEvent += self._on_open_order
+        ib.errorEvent += self._on_error
+        ib.commissionReportEvent += self._on_commission
+        ib.disconnectedEvent += self._on_disconnected
+
+    # -------------------------------------------------------------------------- reading
+
+    def status_of(self, trade: Trade) -> str:
+        """The status the broker last sent for this order (see the module docstring)."""
+        for e in reversed(trade.log):
+            if id(e) in self._local or e.message == "Modify" or e.message.startswith("Fill "):
+                continue
+            if e.errorCode == 202:  # "Order Canceled": the broker's confirmation
+                return "Cancelled"
+            if e.errorCode == 0 and e.status != OrderStatus.ValidationError:
+                return e.status
+        if any(id(e) in self._local for e in trade.log):
+            return OrderStatus.PendingSubmit  # ours, sent, not yet acknowledged
+        status = trade.orderStatus.status  # a trade ib_async built from the broker's messages
+        return "" if status == OrderStatus.ValidationError else status
+
+    def state(self, trade: Trade) -> OrderState:
+        """The order with the broker's status (not ib_async's reading of errors and warnings)."""
+        st = order_state(trade)
+        status = self.status_of(trade)
+        if status == st.status:
+            return st
+        return msgspec.structs.replace(
+            st, status=status, remaining=0.0 if status in TERMINAL else st.remaining
+        )
+
+    def mine(self, trade: Trade) -> bool:
+        return trade.order.clientId == self.client_id and trade.order.orderId > 0
+
+    def trade_by_id(self, order_id: int) -> Trade | None:
+        return next((t for t in self.ib.trades() if self.mine(t) and t.order.orderId == order_id), None)
+
+    def holds_ref(self, ref: str) -> bool:
+        return any(self.mine(t) and t.order.orderRef == ref for t in self.ib.trades())
+
+    # -------------------------------------------------------------------------- sending
+
+    def send(self, action: Callable[[], Any], trade: Trade | None = None) -> Any:
+        """Run our own placeOrder/cancelOrder: its synchronous events are muted and the log
+        entries it writes are marked as ib_async's (not the broker's)."""
+        before = len(trade.log) if trade is not None else 0
+        self._muted = True
+        try:
+            out = action()
+        finally:
+            self._muted = False
+        after = trade if trade is not None else out if isinstance(out, Trade) else None
+        if after is not None:
+            self._local.update(id(e) for e in after.log[before:])
+        return out
+
+    async def wait(
+        self, command: str, order_id: int, judge: Callable[[str, int, str], Judgement], timeout: float
+    ) -> None:
+        """Until judge says ok (or raises its error), the session ends, or the timeout passes."""
+        w = _Wait(judge)
+        self._waits.setdefault(order_id, []).append(w)
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(w.future)
+        except TimeoutError:
+            raise CommandError(
+                Code.REQUEST_TIMEOUT,
+                f"{command}: no answer from the broker about order {order_id} within {timeout:g} s; "
+                f"it may still take effect: reconcile before sending it again",
+            ) from None
+        finally:
+            waits = self._waits.get(order_id, [])
+            if w in waits:
+                waits.remove(w)
+            if not waits:
+                self._waits.pop(order_id, None)
+
+    # -------------------------------------------------------------------------- ib_async events
+
+    def _on_status(self, trade: Trade) -> None:
+        if self._muted or not self.mine(trade):
+            return
+        last = trade.log[-1] if trade.log else None
+        if last is not None and last.errorCode not in (0, 202):
+            return  # ib_async's reading of an order error: said as order_error instead
+        self._publish(trade)
+        self._offer(trade.order.orderId, "status")
+
+    def _on_open_order(self, trade: Trade) -> None:
+        if self._muted or not self.mine(trade):
+            return
+        self._publish(trade)
+        self._offer(trade.order.orderId, "open")
+
+    def _on_error(self, req_id: int, code: int, message: str, _contract: Any) -> None:
+        if req_id <= 0:
+            return
+        trade = self.trade_by_id(req_id)
+        if trade is None and req_id not in self._waits:
+            return  # not an order of ours (a data request's error)
+        ref = trade.order.orderRef if trade is not None else ""
+        self._emit(
+            event(
+                OrderEvent.ORDER_ERROR,
+                OrderErrorData(order_ref=ref, order_id=req_id, ib_code=code, message=message),
+            )
+        )
+        if trade is not None and code == 202:
+            self._publish(trade)
+        self._offer(req_id, "error", code, message)
+
+    def _on_commission(self, trade: Trade, fill: Fill, report: CommissionReport) -> None:
+        exec_id = fill.execution.execId
+        if exec_id in self._sent_execs or fill.execution.clientId not in (0, self.client_id):
+            return
+        self._sent_execs.add(exec_id)
+        self._emit(event(OrderEvent.EXECUTION, execution(fill)))
+
+    def _on_disconnected(self) -> None:
+        err = CommandError(
+            Code.SESSION_LOST, "the session was lost before the broker answered about the order"
+        )
+        for waits in list(self._waits.values()):
+            for w in waits:
+                w.fail(err)
+
+    def _publish(self, trade: Trade) -> None:
+        st = self.state(trade)
+        if not st.perm_id:
+            return  # not yet acknowledged by the broker
+        prev = self._last.get(id(trade))
+        if prev is None or prev[1] != st:
+            self._last[id(trade)] = (trade, st)
+            self._emit(event(OrderEvent.ORDER_STATUS, st))
+
+    def _offer(self, order_id: int, kind: str, code: int = 0, message: str = "") -> None:
+        for w in list(self._waits.get(order_id, [])):
+            w.offer(kind, code, message)
+
+
+def contract_for(p: PlaceOrderParams) -> Contract:
+    return Contract(
+        conId=p.con_id or 0, symbol=p.symbol or "", secType=p.sec_type, exchange=p.exchange,
+        currency=p.currency, primaryExchange=p.primary_exchange or "",
+    )  # fmt: skip
+
+
+def order_for(p: PlaceOrderParams) -> Order:
+    common: dict[str, Any] = {"orderRef": p.order_ref, "tif": p.tif, "outsideRth": p.outside_rth}
+    if p.account:
+        common["account"] = p.account
+    if p.order_type == "LMT":
+        assert p.limit_price is not None
+        return LimitOrder(p.action, p.quantity, p.limit_price, **common)
+    if p.order_type == "STP":
+        assert p.stop_price is not None
+        return StopOrder(p.action, p.quantity, p.stop_price, **common)
+    return MarketOrder(p.action, p.quantity, **common)
+
+
+# ------------------------------------------------------------------------------ commands
+
+
+class Orders:
+    """The order commands of one worker; one OrderDesk per ib_async session."""
+
+    def __init__(self, emit: Emit) -> None:
+        self._emit = emit
+        self._desks: weakref.WeakKeyDictionary[IB, OrderDesk] = weakref.WeakKeyDictionary()
+
+    def desk(self, s: Session, command: str, *, writes: bool = False) -> OrderDesk:
+        ib = s.require_connected(command)
+        assert s.params is not None
+        if writes and s.params.readonly:
+            raise CommandError(
+                OrderCode.READ_ONLY,
+                f"{command}: this session was connected read-only, so orders are refused and nothing "
+                f"was sent (connect with readonly=false: IBKR_READONLY=0 / Settings(readonly=False))",
+            )
+        d = self._desks.get(ib)
+        if d is None:
+            d = self._desks[ib] = OrderDesk(ib, s.params.client_id, self._emit)
+        return d
+
+    async def place_order(self, ctx: Context, p: PlaceOrderParams) -> Result:
+        d = self.desk(ctx.session, "place_order", writes=True)
+        if d.holds_ref(p.order_ref):
+            raise CommandError(
+                OrderCode.DUPLICATE_ORDER_REF,
+                f"place_order: this session already holds an order with order_ref {p.order_ref!r}; nothing was sent",
+            )
+        try:
+            trade: Trade = d.send(lambda: d.ib.placeOrder(contract_for(p), order_for(p)))
+        except ConnectionError as exc:
+            raise CommandError(
+                Code.NOT_CONNECTED, f"place_order: not connected ({exc}); nothing was sent"
+            ) from None
+
+        def judge(kind: str, code: int, message: str) -> Judgement:
+            if kind == "error":
+                if is_warning(code):
+                    return None
+                return CommandError(
+                    OrderCode.ORDER_REJECTED,
+                    f"place_order: the broker rejected order {p.order_ref!r}: [{code}] {message}",
+                    ib_code=code,
+                )
+            return "ok" if trade.order.permId and d.status_of(trade) in ACKNOWLEDGED else None
+
+        await d.wait("place_order", trade.order.orderId, judge, _timeout(p.timeout))
+        return d.state(trade)
+
+    async def modify_order(self, ctx: Context, p: ModifyOrderParams) -> Result:
+        d = self.desk(ctx.session, "modify_order", writes=True)
+        trade = self._own_trade(d, "modify_order", p.order_id)
+        if trade.order.orderRef != p.order_ref:
+            raise CommandError(
+                Code.BAD_REQUEST,
+                f"modify_order: order {p.order_id} has order_ref {trade.order.orderRef!r}, not {p.order_ref!r}",
+            )
+        status = d.status_of(trade)
+        if status in TERMINAL or trade.isDone():
+            raise CommandError(
+                OrderCode.ORDER_DONE,
+                f"modify_order: order {p.order_id} is {status or trade.orderStatus.status} at the broker; "
+                f"it can no longer be modified and nothing was sent",
+            )
+        changes = {
+            k: v
+            for k, v in {
+                "totalQuantity": p.quantity, "orderType": p.order_type, "lmtPrice": p.limit_price,
+                "auxPrice": p.stop_price, "tif": p.tif, "outsideRth": p.outside_rth,
+            }.items()
+            if v is not None
+        }  # fmt: skip
+        new = Order(**{**_order_fields(trade.order), **changes})
+        try:
+            d.send(lambda: d.ib.placeOrder(trade.contract, new), trade)
+        except ConnectionError as exc:
+            raise CommandError(
+                Code.NOT_CONNECTED, f"modify_order: not connected ({exc}); nothing was sent"
+            ) from None
+
+        def judge(kind: str, code: int, message: str) -> Judgement:
+            if kind == "error":
+                if is_warning(code):
+                    return None
+                return CommandError(
+                    OrderCode.ORDER_REJECTED,
+                    f"modify_order: the broker refused the change to order {p.order_id}: [{code}] {message}",
+                    ib_code=code,
+                )
+            return "ok" if kind == "open" or d.status_of(trade) in TERMINAL else None
+
+        await d.wait("modify_order", p.order_id, judge, _timeout(p.timeout))
+        if trade.order.tif != new.tif or trade.order.outsideRth != new.outsideRth:
+            trade.order.tif, trade.order.outsideRth = new.tif, new.outsideRth  # ib_async copies neither
+        return d.state(trade)
+
+    async def cancel_order(self, ctx: Context, p: CancelOrderParams) -> Result:
+        d = self.desk(ctx.session, "cancel_order", writes=True)
+        trade = d.trade_by_id(p.order_id)
+        order = trade.order if trade is not None else Order(orderId=p.order_id, clientId=d.client_id)
+        try:
+            d.send(lambda: d.ib.cancelOrder(order), trade)
+        except ConnectionError as exc:
+            raise CommandError(
+                Code.NOT_CONNECTED, f"cancel_order: not connected ({exc}); nothing was sent"
+            ) from None
+
+        def judge(kind: str, code: int, message: str) -> Judgement:
+            if kind == "error":
+                if code == 202:
+                    return "ok"
+                if is_warning(code):
+                    return None
+                return CommandError(
+                    OrderCode.ORDER_REJECTED,
+                    f"cancel_order: the broker refused to cancel order {p.order_id}: [{code}] {message}",
+                    ib_code=code,
+                )
+            return "ok" if trade is not None and d.status_of(trade) in CANCELLED else None
+
+        await d.wait("cancel_order", p.order_id, judge, _timeout(p.timeout))
+        if trade is None:
+            trade = d.trade_by_id(p.order_id)
+        if trade is None:  # confirmed by 202 for an order this session never saw
+            raise CommandError(
+                OrderCode.ORDER_NOT_FOUND,
+                f"cancel_order: order {p.order_id} was cancelled (202) but this session holds no details of it",
+            )
+        return d.state(trade)
+
+    async def open_orders(self, ctx: Context, p: OpenOrdersParams) -> Result:
+        s = ctx.session
+        d = self.desk(s, "open_orders")
+        start = d.ib.reqAllOpenOrdersAsync if p.all_clients else d.ib.reqOpenOrdersAsync
+        trades = await s.call("open_orders", start, _timeout(p.timeout), one_at_a_time="openOrders")
+        return OrdersResult(orders=[d.state(t) for t in trades])
+
+    async def completed_orders(self, ctx: Context, p: CompletedOrdersParams) -> Result:
+        s = ctx.session
+        d = self.desk(s, "completed_orders")
+        trades = await s.call(
+            "completed_orders",
+            lambda: d.ib.reqCompletedOrdersAsync(False),
+            _timeout(p.timeout),
+            one_at_a_time="completedOrders",
+        )
+        return OrdersResult(orders=[d.state(t) for t in trades])
+
+    async def executions(self, ctx: Context, p: ExecutionsParams) -> Result:
+        s = ctx.session
+        d = self.desk(s, "executions")
+        timeout = _timeout(p.timeout)
+        flt = ExecutionFilter(clientId=0 if p.all_clients else d.client_id)
+        if p.since is not None:
+            flt.time = p.since.astimezone(UTC).strftime("%Y%m%d %H:%M:%S UTC")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        answer: list[Fill] = await s.call("executions", lambda: d.ib.reqExecutionsAsync(flt), timeout)
+
+        def fills() -> list[Fill]:
+            # ib_async attaches a commission report to the first Fill it saw for an execution
+            # (ib.fills()), not to the copy an answer carries when it had seen it before.
+            seen = {f.execution.execId: f for f in d.ib.fills()}
+            return [seen.get(f.execution.execId, f) for f in answer]
+
+        # A Gateway may send commission reports after the end of the executions: wait a little.
+        grace = min(deadline, loop.time() + COMMISSION_WAIT)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(grace):
+                while any(not f.commissionReport.execId for f in fills()):
+                    await d.ib.updateEvent
+        return ExecutionsResult(executions=[execution(f) for f in fills()])
+
+    def _own_trade(self, d: OrderDesk, command: str, order_id: int) -> Trade:
+        trade = d.trade_by_id(order_id)
+        if trade is None:
+            raise CommandError(
+                OrderCode.ORDER_NOT_FOUND,
+                f"{command}: client id {d.client_id} has no order {order_id} in this session "
+                f"(its working orders are restored at connect); nothing was sent",
+            )
+        return trade
+
+
+def _order_fields(o: Order) -> dict[str, Any]:
+    return {f.name: getattr(o, f.name) for f in fields(o)}
+
+
+def register(registry: Registry, emit: Emit) -> None:
+    """Add the order commands to `registry`; their events go out through `emit`."""
+    orders = Orders(emit)
+    handlers: dict[str, Any] = {
+        "place_order": orders.place_order,
+        "modify_order": orders.modify_order,
+        "cancel_order": orders.cancel_order,
+        "open_orders": orders.open_orders,
+        "completed_orders": orders.completed_orders,
+        "executions": orders.executions,
+    }
+    for name, params in ORDER_COMMANDS.items():
+        registry.add(name, params, handlers[name])
