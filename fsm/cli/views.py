@@ -28,6 +28,20 @@ def _num(counters: dict[str, Any], key: str) -> str:
     return "-" if v is None else printable(v)
 
 
+def _maintenance_row(snap: dict[str, Any]) -> list[tuple[str, str]]:
+    """Inside a maintenance window: which one, and whether the last state change was expected
+    (IB's reset or the Gateway's restart, not an alarm). Nothing outside a window."""
+    window = snap.get("maintenance_window")
+    if not window:
+        return []
+    tag = (
+        "the last state change was expected (no alarm)"
+        if snap.get("expected") is True
+        else "the last state change was not tagged expected"
+    )
+    return [("maintenance", f"inside {printable(window)}; {tag}")]
+
+
 def _status_lines(snap: dict[str, Any]) -> list[tuple[str, str]]:
     """The facts a person asks first (each one printable); `--json` has every counter."""
     alive = snap.get("manager_alive")
@@ -41,6 +55,7 @@ def _status_lines(snap: dict[str, Any]) -> list[tuple[str, str]]:
         ("client id", printable(snap.get("client_id", "?"))),
         ("state", printable(snap.get("state", "?"))),
         ("reason", printable(snap.get("reason") or "-")),
+        *_maintenance_row(snap),
         ("in state for", in_state_for(snap) or "?"),
         ("worker pid", printable(snap.get("worker_pid") or "-")),
         ("manager pid", manager),
@@ -90,7 +105,8 @@ def print_status(snaps: list[dict[str, Any]], state_dir: Path) -> None:
             t.add_column(style="bold")
             t.add_column()
             for k, v in rows:
-                t.add_row(k, Text(v, style=state_style(v) if k == "state" else ""))
+                style = state_style(v) if k == "state" else "yellow" if k == "maintenance" else ""
+                t.add_row(k, Text(v, style=style))
             con.print(t)
             con.print()
         else:

@@ -80,12 +80,21 @@ BAD_ENV = [
     ("IBKR_TIMEOUT", "fast"),
     ("IBKR_READONLY", "perhaps"),
     ("IBKR_TIMEOUT", "nan"),
+    ("IBGW_MAINTENANCE", "daily 25:00-26:00 UTC"),
 ]
 
 
 # The variables each command reads: a bad value in one of them is the command's error.
 READS = {
-    "run": {"IBKR_HOST", "IBKR_PORT", "IBKR_CLIENT_ID", "IBKR_TIMEOUT", "IBKR_READONLY", "IBGW_STATE_DIR"},
+    "run": {
+        "IBKR_HOST",
+        "IBKR_PORT",
+        "IBKR_CLIENT_ID",
+        "IBKR_TIMEOUT",
+        "IBKR_READONLY",
+        "IBGW_STATE_DIR",
+        "IBGW_MAINTENANCE",
+    },
     "doctor": {"IBKR_PORT", "IBGW_STATE_DIR"},
     "status": {"IBGW_STATE_DIR"},
 }

@@ -3,7 +3,6 @@ simulator; the address is checked (and bound) before any worker exists."""
 
 from __future__ import annotations
 
-import re
 import signal
 import socket
 from pathlib import Path
@@ -17,18 +16,9 @@ from support.peers import running, too_old_gateway
 
 from gatewaysim import ThreadedSim
 
-SERVING = re.compile(r"health and metrics on http://(?P<host>[^ ]+):(?P<port>\d+) ")
-
 
 def get(port: int, path: str) -> Reply:
     return anyio.run(http_get, port, path)
-
-
-def serving_port(run: Run) -> int:
-    line = run.out.wait_for(lambda line: "health and metrics on" in line, timeout=30)
-    found = SERVING.search(line)
-    assert found is not None, line
-    return int(found["port"])
 
 
 def samples(text: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
@@ -56,7 +46,7 @@ def test_serve_answers_livez_readyz_and_metrics_while_connected(
 ) -> None:
     run = Run(sim.port, tmp_path, "--serve", "127.0.0.1:0")
     runs.append(run)
-    port = serving_port(run)
+    port = run.health_port()
     run.wait_connected()
 
     live = get(port, "/livez")
@@ -87,7 +77,7 @@ def test_readyz_is_503_with_the_state_and_reason_while_the_gateway_refuses(
     with running(too_old_gateway) as peer:
         run = Run(peer.port, tmp_path, "--serve", "127.0.0.1:0")
         runs.append(run)
-        port = serving_port(run)
+        port = run.health_port()
         run.out.wait_for(lambda line: "--handshake_failed--> DEGRADED_RED" in line, timeout=20)
         assert get(port, "/livez").status == 200  # alive, just not ready
         ready = get(port, "/readyz")
@@ -115,7 +105,7 @@ def test_serve_on_a_non_loopback_address_is_refused_before_any_worker(
 def test_serve_remote_binds_a_non_loopback_address(sim: ThreadedSim, tmp_path: Path, runs: list[Run]) -> None:
     run = Run(sim.port, tmp_path, "--serve", "0.0.0.0:0", "--serve-remote")
     runs.append(run)
-    port = serving_port(run)
+    port = run.health_port()
     run.wait_connected()
     assert get(port, "/readyz").status == 200  # every interface, loopback among them
     assert run.stop() == 0

@@ -10,31 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from support.cli import ibgw
 
 ESC = "\x1b"
 TITLE = "\x1b]0;owned\x07"  # sets the terminal's title
 CLEAR = "\x1b[2J"  # clears the screen
-
-
-def ibgw(*args: str, state_dir: Path, terminal: bool = False) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("IBKR_", "IBGW_"))}
-    env["IBGW_STATE_DIR"] = str(state_dir)
-    env.pop("FORCE_COLOR", None)
-    if terminal:
-        env["FORCE_COLOR"] = "1"  # rich renders as on a terminal: the tables and colours
-    return subprocess.run(
-        [sys.executable, "-m", "fsm.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 @pytest.fixture
@@ -64,6 +47,8 @@ def hostile_snapshot(state: Path) -> None:
                 "manager_create_time": 0.0,
                 "last_error": f"server said {TITLE}",
                 "counters": {"sessions": f"{CLEAR}1"},
+                "maintenance_window": f"{ESC}[31mreset",
+                "expected": True,
                 "stopped": False,
             }
         ),
@@ -75,9 +60,10 @@ def test_status_prints_escape_sequences_escaped(state: Path, terminal: bool) -> 
     hostile_snapshot(state)
     proc = ibgw("status", state_dir=state, terminal=terminal)
     assert proc.returncode == 1, proc.stdout + proc.stderr  # a dead manager: not healthy
-    for raw in (TITLE, CLEAR, f"{ESC}[31mred"):
+    for raw in (TITLE, CLEAR, f"{ESC}[31mred", f"{ESC}[31mreset"):
         assert raw not in proc.stdout
     assert "\\x1b]0;owned\\x07gw" in proc.stdout  # shown, escaped
+    assert "inside \\x1b[31mreset; the last state change was expected" in proc.stdout
     assert "\\x1b[2J" in proc.stdout
     if not terminal:
         assert ESC not in proc.stdout

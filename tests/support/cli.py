@@ -59,15 +59,19 @@ def cli_env(state_dir: Path, extra: Mapping[str, str] | None = None) -> dict[str
     """This environment without IBKR_*/IBGW_* values, with the state directory given and no
     maintenance windows (a test must not answer differently at IB's reset hour), then `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("IBKR_", "IBGW_"))}
-    env.update(IBGW_STATE_DIR=str(state_dir), IBGW_MAINTENANCE="off", **(extra or {}))
+    env.update({"IBGW_STATE_DIR": str(state_dir), "IBGW_MAINTENANCE": "off", **(extra or {})})
     return env
 
 
-def ibgw(*args: str, state_dir: Path) -> subprocess.CompletedProcess[str]:
-    """One `ibgw` command to its end."""
+def ibgw(*args: str, state_dir: Path, terminal: bool = False) -> subprocess.CompletedProcess[str]:
+    """One `ibgw` command to its end; `terminal`: rich renders as on a terminal (tables, colours)."""
+    env = cli_env(state_dir)
+    env.pop("FORCE_COLOR", None)
+    if terminal:
+        env["FORCE_COLOR"] = "1"
     return subprocess.run(
         [sys.executable, "-m", "fsm.cli", *args],
-        env=cli_env(state_dir),
+        env=env,
         capture_output=True,
         text=True,
         timeout=60,
@@ -99,6 +103,11 @@ class Run:
         assert self.proc.stdout is not None and self.proc.stderr is not None
         self.out = Lines(self.proc.stdout)
         self.err = Lines(self.proc.stderr)
+
+    def health_port(self) -> int:
+        """The port `--serve` bound, from the line `ibgw run` prints once it listens."""
+        line = self.out.wait_for(lambda line: "health and metrics on http://" in line, timeout=30)
+        return int(line.split("health and metrics on http://", 1)[1].split()[0].rsplit(":", 1)[1])
 
     def wait_connected(self) -> None:
         self.out.wait_for(lambda line: "--> CONNECTED" in line, timeout=60)
