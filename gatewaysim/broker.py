@@ -24,6 +24,7 @@ from zoneinfo import ZoneInfo
 
 from . import wire
 from .accounts import AccountBook, earlier_fill
+from .contracts import ContractSpec
 from .instruments import Instrument
 from .prices import NS, PriceProcess, Quote
 
@@ -41,10 +42,11 @@ TEXT_202 = "Order Canceled - reason:"
 
 @dataclass(frozen=True, slots=True)
 class Ticket:
-    """What one placeOrder asks for (parsed by orderwire.parse_place_order)."""
+    """What one placeOrder asks for (parsed by orderwire.parse_place_order); the desk resolves
+    its contract to the instrument the broker trades."""
 
     order_id: int
-    ins: Instrument
+    contract: ContractSpec
     action: str
     quantity: float
     order_type: str
@@ -201,20 +203,20 @@ class Broker:
 
     # -------------------------------------------------------------------- orders
 
-    def place(self, client_id: int, t: Ticket, now_ns: int) -> list[Event]:
-        """A placeOrder: a new order, or a modification of this client's working order."""
+    def place(self, client_id: int, t: Ticket, ins: Instrument, now_ns: int) -> list[Event]:
+        """A placeOrder for `ins`: a new order, or a modification of this client's working order."""
         self._count(client_id, t)
         problem = _invalid(t)
         if problem:
             return [OrderError(client_id, t.order_id, 201, TEXT_201 + problem)]
         old = self.orders.get((client_id, t.order_id))
         if old is not None:
-            return self._modify(old, t, now_ns)
+            return self._modify(old, t, ins, now_ns)
         o = Order(
             client_id,
             t.order_id,
             next(self._perm_ids),
-            t.ins,
+            ins,
             t.account,
             t.action,
             t.quantity,
@@ -245,12 +247,12 @@ class Broker:
         self.placements[t.order_ref] += 1
         self._last_id[client_id] = max(self._last_id.get(client_id, 0), t.order_id)
 
-    def _modify(self, o: Order, t: Ticket, now_ns: int) -> list[Event]:
+    def _modify(self, o: Order, t: Ticket, ins: Instrument, now_ns: int) -> list[Event]:
         if o.status == "Filled":
             return [OrderError(o.client_id, o.order_id, 104, "Can't modify a filled order.")]
         if not o.working:
             return [OrderError(o.client_id, o.order_id, 103, "Duplicate order id")]
-        if t.ins.con_id != o.ins.con_id or t.action != o.action or t.account != o.account:
+        if ins.con_id != o.ins.con_id or t.action != o.action or t.account != o.account:
             return [
                 OrderError(
                     o.client_id, o.order_id, 105, "Order being modified does not match original order."

@@ -10,13 +10,13 @@ import datetime as dt
 from zoneinfo import ZoneInfo
 
 from . import history, wire
-from .instruments import Instrument, lookup
+from .contracts import TEXT_200, ContractSpec, NoListing, parse_contract
+from .instruments import Instrument
 from .market import GENERIC_TICKS, BarUpdates, Market, Quotes, RealTimeBars, TickByTick
 from .prices import NS, WHAT_TO_SHOW
 from .registry import handler
 from .session import Session
 
-TEXT_200 = "No security definition has been found for the request"
 REAL_TIME_WHAT = ("TRADES", "MIDPOINT", "BID", "ASK")
 TICK_BY_TICK_TYPES = ("Last", "AllLast", "BidAsk", "MidPoint")
 MAX_BARS = 100_000  # one request; beyond it IB answers "Time length exceed max."
@@ -32,33 +32,13 @@ def _flag(value: str) -> bool:
     return value.strip() not in ("", "0")
 
 
-def _contract(f: list[str], i: int) -> dict[str, str]:
-    """The 12 contract fields ib_async writes at position i."""
-    names = (
-        "con_id", "symbol", "sec_type", "last_trade", "strike", "right", "multiplier", "exchange",
-        "primary_exchange", "currency", "local_symbol", "trading_class",
-    )  # fmt: skip
-    if len(f) < i + len(names):
-        raise IndexError(f"contract needs {len(names)} fields from position {i}")
-    return dict(zip(names, f[i : i + len(names)], strict=True))
-
-
-def _candidates(c: dict[str, str]) -> list[Instrument]:
-    con_id = int(c["con_id"] or 0)
-    return lookup(
-        c["symbol"], c["sec_type"], c["currency"], c["exchange"], c["primary_exchange"], con_id,
-        c["local_symbol"], c["trading_class"],
-    )  # fmt: skip
-
-
-def _resolve(s: Session, req_id: int, c: dict[str, str]) -> Instrument | None:
+def _resolve(s: Session, req_id: int, c: ContractSpec) -> Instrument | None:
     """Exactly one listing, else error 200 (unknown or ambiguous), as IB answers data requests."""
-    found = _candidates(c)
-    if len(found) == 1:
-        return found[0]
-    text = TEXT_200 if not found else f"The contract description specified for {c['symbol']} is ambiguous."
-    _market(s).error(s, req_id, 200, text)
-    return None
+    try:
+        return c.resolve()
+    except NoListing as exc:
+        _market(s).error(s, req_id, exc.code, exc.text)
+        return None
 
 
 # ------------------------------------------------------------------------------------------
@@ -99,8 +79,8 @@ def contract_details_end(req_id: int) -> bytes:
 def req_contract_details(s: Session, f: list[str]) -> None:
     """Every matching listing (two for an ambiguous symbol), then the end; unknown: 200 alone."""
     req_id = int(f[2])
-    c = _contract(f, 3)
-    found = _candidates(c)
+    c = parse_contract(f, 3)
+    found = c.listings()
     market = _market(s)
     market.counters.contract_details += 1
     if not found:
@@ -109,7 +89,7 @@ def req_contract_details(s: Session, f: list[str]) -> None:
     today = dt.datetime.fromtimestamp(s.gateway.wall(), ZoneInfo(found[0].time_zone_id)).date()
     s.send(
         *(
-            contract_details(s.version, req_id, ins, c["exchange"] or ins.primary_exchange, today)
+            contract_details(s.version, req_id, ins, c.exchange or ins.primary_exchange, today)
             for ins in found
         ),
         contract_details_end(req_id),
@@ -131,9 +111,9 @@ def req_market_data_type(s: Session, f: list[str]) -> None:
 @handler(wire.REQ_MKT_DATA)
 def req_mkt_data(s: Session, f: list[str]) -> None:
     req_id = int(f[2])
-    c = _contract(f, 3)
+    c = parse_contract(f, 3)
     i = 15
-    if c["sec_type"] == "BAG":
+    if c.sec_type == "BAG":
         i += 1 + 4 * int(f[i])
     if _flag(f[i]):
         i += 3  # delta-neutral conId, delta, price
@@ -174,7 +154,7 @@ def cancel_mkt_data(s: Session, f: list[str]) -> None:
 @handler(wire.REQ_REAL_TIME_BARS)
 def req_real_time_bars(s: Session, f: list[str]) -> None:
     req_id = int(f[2])
-    c = _contract(f, 3)
+    c = parse_contract(f, 3)
     bar_size, what = f[15].strip(), f[16].strip().upper()
     market = _market(s)
     if bar_size != "5":
@@ -208,7 +188,7 @@ def cancel_real_time_bars(s: Session, f: list[str]) -> None:
 @handler(wire.REQ_TICK_BY_TICK_DATA)
 def req_tick_by_tick(s: Session, f: list[str]) -> None:
     req_id = int(f[1])
-    c = _contract(f, 2)
+    c = parse_contract(f, 2)
     tick_type, number_of_ticks = f[14].strip(), int(f[15] or 0)
     market = _market(s)
     if tick_type not in TICK_BY_TICK_TYPES:
@@ -246,11 +226,11 @@ def cancel_tick_by_tick(s: Session, f: list[str]) -> None:
 @handler(wire.REQ_HISTORICAL_DATA)
 def req_historical_data(s: Session, f: list[str]) -> None:
     req_id = int(f[1])
-    c = _contract(f, 2)
+    c = parse_contract(f, 2)
     end_text, bar_size, duration = f[15], f[16], f[17]
     use_rth, what, format_date = _flag(f[18]), f[19].strip().upper(), int(f[20] or 1)
     i = 21
-    if c["sec_type"] == "BAG":
+    if c.sec_type == "BAG":
         i += 1 + 4 * int(f[i])
     keep_up_to_date = _flag(f[i]) if len(f) > i else False
     market = _market(s)

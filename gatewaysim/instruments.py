@@ -21,8 +21,8 @@ ORDER_TYPES = (
 class Instrument:
     """One listing. Field names follow ib_async's Contract/ContractDetails, in snake case.
 
-    `exchange` is the routing exchange rows carry by default (SMART), as in the older
-    wire.Instrument, so this type can stand in for it. `base_price` anchors the price process.
+    `exchange` is the routing exchange that position, execution and order rows carry (SMART).
+    `base_price` anchors the price process.
     """
 
     con_id: int

@@ -9,10 +9,12 @@ the broker keeps everything for the replay).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from . import orderwire, wire
-from .broker import Broker, Event, Execution, Order, OrderError, StatusChange, Ticket
+from .broker import Broker, Event, Execution, Order, OrderError, StatusChange
+from .contracts import NoListing
 from .prices import PriceProcess
 from .scheduler import Timer
 from .session import Session
@@ -24,7 +26,6 @@ TEXT_321_READ_ONLY = (
     "Error validating request.-'bN' : cause - The API interface is currently in Read-Only mode."
 )
 TEXT_321_ACCOUNT = "Error validating request.-'bW' : cause - The account code is required for this operation."
-TEXT_200 = "No security definition has been found for the request"
 REJECT_REASON = "Simulated rejection"
 MIN_MATCH_PERIOD = 0.02  # s between matching runs at high tick rates (each run catches up)
 
@@ -47,24 +48,21 @@ class Desk:
     def place(self, s: Session, f: list[str]) -> None:
         gw, cid = self.gateway, s.client_id
         assert cid is not None
-        p = orderwire.parse_place_order(f)
+        t = orderwire.parse_place_order(f)
         if gw.faults.read_only_api:
-            s.error(p.order_id, 321, TEXT_321_READ_ONLY)
-            gw.emit("order", f"client id {cid} order {p.order_id} {p.order_ref!r}: refused, read-only API")
+            s.error(t.order_id, 321, TEXT_321_READ_ONLY)
+            gw.emit("order", f"client id {cid} order {t.order_id} {t.order_ref!r}: refused, read-only API")
             return
-        found = p.listings()
-        if len(found) != 1:
-            ambiguous = f"The contract description specified for {p.symbol} is ambiguous."
-            s.error(p.order_id, 200, ambiguous if found else TEXT_200)
+        try:
+            ins = t.contract.resolve()
+        except NoListing as exc:
+            s.error(t.order_id, exc.code, exc.text)
             return
-        account = p.account or (gw.accounts[0] if len(gw.accounts) == 1 else "")
+        account = t.account or (gw.accounts[0] if len(gw.accounts) == 1 else "")
         if account not in gw.accounts:
-            s.error(p.order_id, 321, TEXT_321_ACCOUNT)
+            s.error(t.order_id, 321, TEXT_321_ACCOUNT)
             return
-        t = Ticket(
-            p.order_id, found[0], p.action, p.quantity, p.order_type, p.lmt_price, p.aux_price,
-            p.tif or "DAY", account, p.order_ref, p.outside_rth, p.transmit,
-        )  # fmt: skip
+        t = replace(t, account=account)
         drop = gw.faults.drop_on_place
         if drop is not None:
             gw.drop_on_place(None)
@@ -79,7 +77,7 @@ class Desk:
         if fresh and self.reject_reasons:
             self.deliver(self.broker.reject(cid, t, self.reject_reasons.pop(0)))
         else:
-            self.deliver(self.broker.place(cid, t, self._now_ns()))
+            self.deliver(self.broker.place(cid, t, ins, self._now_ns()))
         gw.emit(
             "order", f"client id {cid} order {t.order_id} {t.order_ref!r}: {self._state(cid, t.order_id)}"
         )

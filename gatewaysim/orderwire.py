@@ -8,11 +8,9 @@ position is written, unset values as IB's sentinels.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from . import wire
-from .broker import Order
-from .instruments import Instrument, lookup
+from .broker import Order, Ticket
+from .contracts import parse_contract
 
 D = wire.UNSET_DOUBLE
 I = wire.UNSET_INTEGER  # noqa: E741 - IB's own name for it
@@ -23,38 +21,6 @@ MIN_SV_AUTO_CANCEL_PARENT = 162
 MIN_SV_PEG_BEST_FIELDS = 170
 
 
-@dataclass(frozen=True, slots=True)
-class PlaceOrder:
-    """The fields of a placeOrder the simulator acts on (positions of appendix 1)."""
-
-    order_id: int
-    con_id: int
-    symbol: str
-    sec_type: str
-    exchange: str
-    primary_exchange: str
-    currency: str
-    local_symbol: str
-    trading_class: str
-    action: str
-    quantity: float
-    order_type: str
-    lmt_price: float | None
-    aux_price: float | None
-    tif: str
-    account: str
-    order_ref: str
-    transmit: bool
-    outside_rth: bool
-
-    def listings(self) -> list[Instrument]:
-        """Every instrument the order's contract describes (one, or IB answers 200)."""
-        return lookup(
-            self.symbol, self.sec_type, self.currency, self.exchange, self.primary_exchange,
-            self.con_id, self.local_symbol, self.trading_class,
-        )  # fmt: skip
-
-
 def _double(text: str) -> float | None:
     """A client's double: "" and IB's max-double sentinel mean unset."""
     if not text.strip():
@@ -63,26 +29,19 @@ def _double(text: str) -> float | None:
     return None if value >= 1.7e308 else value
 
 
-def parse_place_order(f: list[str]) -> PlaceOrder:
+def parse_place_order(f: list[str]) -> Ticket:
     """placeOrder at >= 145 (no version field). Raises IndexError/ValueError when short or bad."""
     if len(f) < 35:
         raise IndexError(f"placeOrder has {len(f)} fields, needs at least 35")
-    return PlaceOrder(
+    return Ticket(
         order_id=int(f[1]),
-        con_id=int(f[2] or 0),
-        symbol=f[3],
-        sec_type=f[4],
-        exchange=f[9],
-        primary_exchange=f[10],
-        currency=f[11],
-        local_symbol=f[12],
-        trading_class=f[13],
+        contract=parse_contract(f, 2),
         action=f[16].upper(),
         quantity=float(f[17]),
         order_type=f[18].upper(),
         lmt_price=_double(f[19]),
         aux_price=_double(f[20]),
-        tif=f[21].upper(),
+        tif=f[21].upper() or "DAY",
         account=f[23],
         order_ref=f[26],
         transmit=f[27].strip() != "0",

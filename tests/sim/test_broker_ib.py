@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 from conftest import BrokerRig, contract_of
-from ib_async import IB, LimitOrder, MarketOrder, StopOrder, Trade
+from ib_async import IB, Contract, LimitOrder, MarketOrder, Stock, StopOrder, Trade
 
 from gatewaysim import Faults
 from gatewaysim.accounts import AAPL
@@ -162,3 +162,25 @@ async def test_read_only_api_refuses_orders(anyio_backend: str, rig: BrokerRig) 
     trade = ib.placeOrder(contract_of(AAPL), MarketOrder("BUY", 1, orderRef="ro-2"))
     await rig.until(ib, trade.isDone)
     assert trade.orderStatus.status == "Filled"
+
+
+async def test_an_orders_contract_resolves_as_a_data_requests_does(
+    anyio_backend: str, rig: BrokerRig
+) -> None:
+    ib = await rig.connect(7)
+    got: list[tuple[int, int, str]] = []
+    ib.errorEvent += lambda req_id, code, msg, contract: got.append((req_id, code, msg))
+    dual = Contract(secType="STK", symbol="DUAL", exchange="SMART", currency="USD")
+    ambiguous = ib.placeOrder(dual, LimitOrder("BUY", 1, 20.0, orderRef="dual-1"))
+    unknown = ib.placeOrder(Stock("NOPE", "SMART", "USD"), LimitOrder("BUY", 1, 20.0, orderRef="nope-1"))
+    await rig.until(ib, lambda: len(got) == 2)
+    assert got == [
+        (ambiguous.order.orderId, 200, "The contract description specified for DUAL is ambiguous."),
+        (unknown.order.orderId, 200, "No security definition has been found for the request"),
+    ]
+    assert rig.sim.broker.orders == {}
+    dual.primaryExchange = "NYSE"  # names one listing
+    trade = ib.placeOrder(dual, LimitOrder("BUY", 1, 20.0, orderRef="dual-2"))
+    await working(rig, ib, trade)
+    [o] = rig.sim.broker.orders_by_ref("dual-2")
+    assert o.ins.con_id == 900001

@@ -17,6 +17,7 @@ from ib_async import IB
 
 from gatewaysim import orderwire, wire
 from gatewaysim.broker import Order
+from gatewaysim.contracts import NoListing, parse_contract
 from gatewaysim.instruments import by_con_id
 
 AAPL = by_con_id(265598)
@@ -62,7 +63,7 @@ def decode(ib: IB, version: int, msg: bytes, caplog: pytest.LogCaptureFixture) -
 
 def test_place_order_parses_the_captured_frame() -> None:
     p = orderwire.parse_place_order(CAPTURED_LMT.split("|"))
-    assert (p.order_id, p.con_id, p.symbol, p.action, p.quantity, p.order_type) == (
+    assert (p.order_id, p.contract.con_id, p.contract.symbol, p.action, p.quantity, p.order_type) == (
         503,
         265598,
         "AAPL",
@@ -78,9 +79,30 @@ def test_place_order_parses_the_captured_frame() -> None:
         "strat-A:0001",
         True,
     )
-    assert [i.con_id for i in p.listings()] == [265598]
+    assert (p.contract.primary_exchange, p.contract.trading_class) == ("NASDAQ", "NMS")
+    assert p.contract.resolve() == AAPL
     with pytest.raises(IndexError):
         orderwire.parse_place_order(CAPTURED_LMT.split("|")[:30])
+
+
+def test_one_contract_parser_for_data_requests_and_orders() -> None:
+    """reqMktData carries the contract at 3, placeOrder at 2: the same fields, one parser."""
+    order_fields = CAPTURED_LMT.split("|")
+    mkt_data = ["1", "11", "9", *order_fields[2:14], "0", "", "0", "0", ""]
+    assert parse_contract(mkt_data, 3) == parse_contract(order_fields, 2)
+    assert replace(parse_contract(order_fields, 2), con_id=0, primary_exchange="").resolve() == AAPL
+    dual = replace(
+        parse_contract(order_fields, 2), con_id=0, symbol="DUAL", local_symbol="", trading_class=""
+    )
+    with pytest.raises(NoListing, match="DUAL is ambiguous"):
+        replace(dual, primary_exchange="").resolve()
+    assert dual.resolve().con_id == 900002  # NASDAQ names one of the two listings
+    with pytest.raises(NoListing, match="No security definition"):
+        replace(dual, symbol="NOPE").resolve()
+    with pytest.raises(IndexError):
+        parse_contract(mkt_data[:14], 3)
+    with pytest.raises(ValueError):
+        parse_contract(["x", "AAPL", *order_fields[3:14]], 0)
 
 
 @pytest.mark.parametrize("version", VERSIONS)
