@@ -601,7 +601,11 @@ async def play(view: DemoView, *, pace: float, deadlines: Deadlines) -> bool:
             async with anyio.create_task_group() as tg:
                 await tg.start(sim.serve)
                 settings = Settings(
-                    host="127.0.0.1", port=sim.port, client_id=DEMO_CLIENT_ID, state_dir=Path(state_dir)
+                    host="127.0.0.1",
+                    port=sim.port,
+                    client_id=DEMO_CLIENT_ID,
+                    state_dir=Path(state_dir),
+                    maintenance=(),  # the scripted day plays the same at IB's reset hour
                 ).replace(**DEMO_TIMERS)
                 day = Day(story, sim, settings, tg, pace=pace, deadlines=deadlines)
                 view.start(settings, sim, tg)
