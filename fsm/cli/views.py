@@ -30,16 +30,18 @@ def _num(counters: dict[str, Any], key: str) -> str:
 
 def _maintenance_row(snap: dict[str, Any]) -> list[tuple[str, str]]:
     """Inside a maintenance window: which one, and whether the last state change was expected
-    (IB's reset or the Gateway's restart, not an alarm). Nothing outside a window."""
+    (IB's reset or the Gateway's restart, not an alarm). Nothing outside a window; "was inside"
+    for a manager no longer running (its snapshot tells how it ended, not what holds now)."""
     window = snap.get("maintenance_window")
     if not window:
         return []
+    where = "inside" if snap.get("manager_alive") is True else "was inside"
     tag = (
         "the last state change was expected (no alarm)"
         if snap.get("expected") is True
         else "the last state change was not tagged expected"
     )
-    return [("maintenance", f"inside {printable(window)}; {tag}")]
+    return [("maintenance", f"{where} {printable(window)}; {tag}")]
 
 
 def _status_lines(snap: dict[str, Any]) -> list[tuple[str, str]]:

@@ -95,9 +95,13 @@ def test_describe_tags_expected_changes_escaped(window: str, expected: bool, sho
     assert describe(change) == f"CONNECTED --e--> DEGRADED_RED  (peer_closed){shown}"
 
 
-def test_status_says_when_a_window_is_open_but_the_change_was_not_expected(
+def test_status_tells_an_open_window_from_an_unexpected_change_and_a_stopped_manager(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    print_status([{"state": "DEGRADED_RED", "maintenance_window": WINDOW, "expected": "yes"}], tmp_path)
+    snap = {"state": "DEGRADED_RED", "maintenance_window": WINDOW, "expected": "yes", "manager_alive": True}
+    print_status([snap], tmp_path)
     out = capsys.readouterr().out
-    assert f"inside {WINDOW}; the last state change was not tagged expected" in out  # only True is
+    assert f" inside {WINDOW}; the last state change was not tagged expected" in out  # only True is
+    print_status([dict(snap, manager_alive=False, expected=True)], tmp_path)
+    out = capsys.readouterr().out
+    assert f"was inside {WINDOW}; the last state change was expected" in out  # then, not now
