@@ -20,6 +20,7 @@ from typing import Any
 import click
 
 from .faults import Faults
+from .instruments import MAX_HOLDINGS
 from .market import PERMISSIONS
 from .observe import SimEvent
 from .pacing import Limits
@@ -144,6 +145,13 @@ def _permission(spec: str) -> tuple[str, str]:
     metavar="SYMBOL=LEVEL",
     help=f"Market data permission per instrument: {', '.join(PERMISSIONS)}; repeatable.",
 )
+@click.option(
+    "--positions",
+    type=click.IntRange(0, MAX_HOLDINGS),
+    default=None,
+    help="Position rows of the first account: AAPL, MSFT, then synthetic stocks H00001... "
+    "[default: AAPL and MSFT in every account]",
+)
 @click.option("--no-limits", is_flag=True, help="Switch off IB's pacing and market-data line limits.")
 @click.option("--backend", type=click.Choice(["asyncio", "trio"]), default="asyncio", show_default=True)
 @click.option(
@@ -161,6 +169,7 @@ def main(
     seed: int,
     tick_rate: float,
     permissions: tuple[str, ...],
+    positions: int | None,
     no_limits: bool,
     backend: str,
     track_pids: bool,
@@ -186,6 +195,7 @@ def main(
             track_pids=track_pids,
             seed=seed,
             tick_rate=tick_rate,
+            positions=positions,
         ) as sim:
             for symbol, level in grants:
                 sim.market_data_permission(symbol, level)

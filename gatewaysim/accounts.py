@@ -1,8 +1,9 @@
 """The simulated account book: positions and cash per account, as data that fills move.
 
 Every account starts with the same realistic rows, so a test can predict them: 100 AAPL, 50 MSFT
-and 60,500 USD cash. Positions are marked at each instrument's base price, so account values
-move with fills only (not with every tick) and stay predictable.
+and 60,500 USD cash. For large answers the first account can hold any number of rows instead
+(`positions`): those two, then synthetic holdings. Positions are marked at each instrument's
+base price, so account values move with fills only (not with every tick) and stay predictable.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from . import wire
-from .instruments import Instrument, by_con_id
+from .instruments import MAX_HOLDINGS, Instrument, by_con_id, synthetic_holding
 
 AAPL = by_con_id(265598)
 MSFT = by_con_id(272093)
@@ -62,14 +63,29 @@ class Account:
         return [("AccountType", "INDIVIDUAL", ""), *((tag, f"{v:.2f}", "USD") for tag, v in rows)]
 
 
-class AccountBook:
-    """Every managed account; fills move positions and cash, and realise PnL when they close."""
+def start_positions(n: int | None) -> list[Position]:
+    """The standard rows, or exactly `n` rows: the standard ones first, then synthetic
+    holdings 1, 2, ... (quantity 100 to 900 shares, bought at 95% of the price)."""
+    rows = [Position(ins, qty, cost) for ins, qty, cost in START_POSITIONS]
+    if n is None:
+        return rows
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_HOLDINGS:
+        raise ValueError(f"positions must be a count from 0 to {MAX_HOLDINGS}, got {n!r}")
+    for k in range(1, n - len(rows) + 1):
+        ins = synthetic_holding(k)
+        rows.append(Position(ins, 100.0 * (1 + k % 9), round(ins.base_price * 0.95, 4)))
+    return rows[:n]
 
-    def __init__(self, accounts: tuple[str, ...]) -> None:
+
+class AccountBook:
+    """Every managed account; fills move positions and cash, and realise PnL when they close.
+    `positions`: how many rows the first account holds (None: the standard ones)."""
+
+    def __init__(self, accounts: tuple[str, ...], positions: int | None = None) -> None:
         self.accounts = {name: Account(name) for name in accounts}
-        for acct in self.accounts.values():
-            for ins, qty, cost in START_POSITIONS:
-                acct.positions[ins.con_id] = Position(ins, qty, cost)
+        for i, acct in enumerate(self.accounts.values()):
+            for p in start_positions(positions if i == 0 else None):
+                acct.positions[p.ins.con_id] = p
 
     def apply_fill(
         self, account: str, ins: Instrument, buy: bool, shares: float, price: float, commission: float

@@ -82,7 +82,9 @@ class Gateway:
         tick_rate: float = 4.0,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        positions: int | None = None,
     ) -> None:
+        """`positions`: the first account holds this many position rows (see accounts.py)."""
         self.accounts: tuple[str, ...] = tuple(a for a in accounts if a)
         if not self.accounts or any("," in a or "\0" in a for a in self.accounts):
             raise ValueError(f"need at least one account name without commas: {accounts!r}")
@@ -110,7 +112,7 @@ class Gateway:
         self._components: dict[type[Component], Component] = {}
         self.on_change: Callable[[], None] = lambda: None  # the driver's wake-up
         self.scheduler = Scheduler(clock, self.changed)
-        self.book = AccountBook(self.accounts)
+        self.book = AccountBook(self.accounts, positions)
         self.desk = Desk(self, rejects=faults.reject_orders, partial_fills=faults.partial_fills)
         if self.red:
             self.counters.red_episodes += 1
@@ -189,6 +191,7 @@ class Gateway:
                 for s in self.connections.values()
             ],
             "client_ids_seen": sorted(self.client_ids_seen),
+            "positions": {name: len(a.positions) for name, a in self.book.accounts.items()},
             "held_client_ids": self.held_client_ids,
             "counters": asdict(self.counters),
             "client_closes": [{**asdict(c), "peer": list(c.peer)} for c in self.client_closes],

@@ -161,6 +161,21 @@ if len(_BY_CON_ID) != len(BOOK):
     raise RuntimeError("duplicate conId in the instrument book")
 
 
+HOLDING_CON_ID = 70_000_000  # conId of synthetic holding n: HOLDING_CON_ID + n
+MAX_HOLDINGS = 99_999  # their symbols are H00001 .. H99999
+
+
+def synthetic_holding(n: int) -> Instrument:
+    """The n-th synthetic stock (1 <= n <= MAX_HOLDINGS), for accounts that hold many positions:
+    a NYSE listing `H0000n` with a price of its own, a function of n alone. It is held, not
+    traded: the book does not list it, so data requests and orders for it get 200."""
+    if not 1 <= n <= MAX_HOLDINGS:
+        raise ValueError(f"synthetic holdings are numbered 1..{MAX_HOLDINGS}, got {n}")
+    symbol = f"H{n:05d}"
+    price = round(10 + n * 7919 % 49_000 / 100, 2)  # 10.00 .. 499.99, spread by a prime
+    return Instrument(HOLDING_CON_ID + n, symbol, "NYSE", f"SYNTHETIC HOLDING {n}", price, symbol)
+
+
 def by_con_id(con_id: int) -> Instrument:
     """The instrument with this conId; KeyError names it when there is none."""
     try:

@@ -84,9 +84,11 @@ class GatewaySim(Gateway):
         seed: int = 0,
         tick_rate: float = 4.0,
         wall: Callable[[], float] = time.time,
+        positions: int | None = None,
     ) -> None:
         """`seed`, `tick_rate`: the price process; `wall`: the epoch clock every price, bar and
-        fill is a function of (pin it to replay a trading day)."""
+        fill is a function of (pin it to replay a trading day); `positions`: how many position
+        rows the first account holds (None: 100 AAPL and 50 MSFT, as every other account)."""
         super().__init__(
             accounts=accounts,
             server_version=server_version,
@@ -95,6 +97,7 @@ class GatewaySim(Gateway):
             seed=seed,
             tick_rate=tick_rate,
             wall=wall,
+            positions=positions,
         )
         self.host, self._family = _loopback_family(host)
         if not 0 <= port <= 65535:

@@ -406,7 +406,7 @@ def test_running_in_thread_reports_bad_arguments_and_busy_ports() -> None:
 def test_cli_takes_the_order_and_market_faults() -> None:
     argv = [sys.executable, "-m", "gatewaysim", "--port", "0", "--seed", "3", "--tick-rate", "10"]
     argv += ["--fault", "reject_orders=2", "--fault", "drop_on_place=discard", "--fault", "partial_fills"]
-    argv += ["--permission", "AAPL=delayed", "--no-limits"]
+    argv += ["--permission", "AAPL=delayed", "--no-limits", "--positions", "5"]
     commands = [
         "reject_next_order no margin today",
         "fill_while_away on",
@@ -462,4 +462,5 @@ def test_cli_takes_the_order_and_market_faults() -> None:
         "partial_fills": True,
     }
     assert snap["broker"] == {"placements": {}, "orders": [], "executions": snap["broker"]["executions"]}
+    assert snap["positions"] == {"DU1234567": 5}
     assert snap["market"]["seed"] == 3 and snap["market"]["tick_rate"] == 10.0 and snap["market"]["farm_down"]

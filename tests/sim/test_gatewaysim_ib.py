@@ -9,18 +9,23 @@ connect), and sessions end when the simulator closes them.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
 import pytest
 from ib_async import IB, Forex
+from support.market import dropped_messages
 
 from gatewaysim import Faults, GatewaySim, running_in_thread, wire
+from gatewaysim.accounts import Position, start_positions
+from gatewaysim.instruments import MAX_HOLDINGS, synthetic_holding
 
 pytestmark = pytest.mark.anyio
 asyncio_only = pytest.mark.parametrize("anyio_backend", ["asyncio"])
 
 T = 3.0
+N_POSITIONS = 9_000  # a large answer without thousands of accounts
 
 
 def new_ib() -> IB:
@@ -213,3 +218,42 @@ def test_sim_serves_from_trio_in_a_thread() -> None:
         assert sim.call("green") is False
         sim.restart()
         assert sim.snapshot()["green"]
+
+
+@asyncio_only
+async def test_positions_books_n_rows_in_the_first_account(
+    anyio_backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="ib_async")
+    async with GatewaySim(accounts=("DU1", "DU2"), positions=N_POSITIONS) as sim:
+        ib = new_ib()
+        await ib.connectAsync("127.0.0.1", sim.port, clientId=1, timeout=T, account="DU1")
+        rows = await asyncio.wait_for(ib.reqPositionsAsync(), T)
+        mine = [p for p in rows if p.account == "DU1"]
+        assert len(mine) == N_POSITIONS and len(rows) == N_POSITIONS + 2  # DU2: AAPL and MSFT
+        assert [p.contract.symbol for p in mine[:3]] == ["AAPL", "MSFT", "H00001"]
+        assert len({p.contract.conId for p in mine}) == N_POSITIONS
+        last = synthetic_holding(N_POSITIONS - 2)
+        p = mine[-1]
+        assert (p.contract.conId, p.contract.symbol, p.contract.secType, p.contract.tradingClass) == (
+            last.con_id,
+            "H08998",
+            "STK",
+            "H08998",
+        )
+        assert p.position == 100.0 * (1 + (N_POSITIONS - 2) % 9)
+        assert p.avgCost == round(last.base_price * 0.95, 4)
+        assert len(ib.portfolio("DU1")) == N_POSITIONS  # the start-up sync's account updates too
+        assert sim.snapshot()["positions"] == {"DU1": N_POSITIONS, "DU2": 2}
+        assert dropped_messages(caplog.records) == []
+
+
+def test_positions_counts_are_checked_and_small_counts_keep_the_standard_rows_first() -> None:
+    assert [p.ins.symbol for p in start_positions(None)] == ["AAPL", "MSFT"]
+    assert [p.ins.symbol for p in start_positions(0)] == []
+    assert [p.ins.symbol for p in start_positions(1)] == ["AAPL"]
+    assert [p.ins.symbol for p in start_positions(4)] == ["AAPL", "MSFT", "H00001", "H00002"]
+    assert start_positions(3)[2] == Position(synthetic_holding(1), 200.0, 84.7305)  # 95% of 89.19
+    for bad in (-1, MAX_HOLDINGS + 1, True, 2.0):
+        with pytest.raises(ValueError, match="positions must be a count"):
+            GatewaySim(positions=bad)  # type: ignore[arg-type]
