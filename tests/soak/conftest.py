@@ -13,7 +13,7 @@ import pytest
 
 SEED_ENV = "IBGW_SOAK_SEED"  # replay a run: the seed its figures printed
 SECONDS_ENV = "IBGW_SOAK_SECONDS"  # fault phase per backend; both backends run by default
-DEFAULT_SECONDS = 22.0
+DEFAULT_SECONDS = 20.0
 
 
 @pytest.fixture(scope="module")

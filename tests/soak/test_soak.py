@@ -13,7 +13,7 @@ simulator, never two sessions of it at once; no close by a live process and no f
 simulator; no worker process, file descriptor, lock or live status file left behind.
 
 The seed is printed with the figures; IBGW_SOAK_SEED=<seed> replays the same fault and request
-sequence (timing still varies), IBGW_SOAK_SECONDS sets the fault phase per backend (default 22 s:
+sequence (timing still varies), IBGW_SOAK_SECONDS sets the fault phase per backend (default 20 s:
 both backends together take about a minute). Deselect locally with ``-m "not soak"``.
 """
 
@@ -73,6 +73,7 @@ FAULTS = (
 )
 SILENCING = ("sigstop", "red_restart")  # the Gateway (or our worker) answers nothing meanwhile
 GAP = (0.5, 3.0)  # seconds between two faults
+QUICK = 0.005
 HANG_GRACE = 5.0  # beyond wait + timeout, a call that has not returned counts as hung
 SHAPES: dict[str, Callable[[dict[str, Any]], bool]] = {
     "ping": lambda d: isinstance(d.get("gateway_time"), float),
@@ -93,6 +94,7 @@ class Calls:
     ok_by_command: Counter[str] = field(default_factory=Counter)
     problems: list[str] = field(default_factory=list)  # duplicates, hangs, untyped, misshapen
     slowest: float = 0.0
+    quick_deaths: int = 0  # WorkerDied within QUICK s: sent to a worker that had already died
 
     def begin(self, command: str) -> int:
         self.started += 1
@@ -105,6 +107,8 @@ class Calls:
             return
         self.outcome[n] = kind
         self.by_kind[kind] += 1
+        if kind == "WorkerDied" and seconds < QUICK:
+            self.quick_deaths += 1
         if kind == "ok":
             self.ok_by_command[command] += 1
         self.slowest = max(self.slowest, seconds)
@@ -308,11 +312,14 @@ class Faulter:
         self._close(w)
 
 
-async def watch_workers(m: ConnectionManager, ledger: WorkerLedger) -> None:
-    """Record the worker of every state change (each spawn becomes ready through one)."""
+async def watch_workers(m: ConnectionManager, ledger: WorkerLedger, handshake_ids: set[object]) -> None:
+    """Record the worker of every state change (each spawn becomes ready through one) and the
+    client id of every handshake."""
     async for item in m.subscribe():
         if isinstance(item, StateChange):
             ledger.see(m.worker_pid)
+            if item.event == "handshake_ok" and m.last_handshake is not None:
+                handshake_ids.add(m.last_handshake.get("client_id"))
 
 
 def outages(history: list[Transition]) -> list[tuple[int, int]]:
@@ -348,6 +355,7 @@ async def test_soak_random_faults_with_24_callers(
     t_start, t0_ns = time.monotonic(), time.monotonic_ns()
     most_sessions = 0
     calls = Calls()
+    handshake_ids: set[object] = set()
     # The seed goes out first: a run that fails before its figures still names it.
     figures = [f"soak [{anyio_backend}] seed {soak_seed} (IBGW_SOAK_SEED={soak_seed} replays it)"]
     soak_report.append(figures)
@@ -367,7 +375,7 @@ async def test_soak_random_faults_with_24_callers(
             faulter = Faulter(m, sim, rng, worker_ledger)
             stop = anyio.Event()
             async with anyio.create_task_group() as tg:
-                tg.start_soon(watch_workers, m, worker_ledger)
+                tg.start_soon(watch_workers, m, worker_ledger, handshake_ids)
                 for _ in range(CALLERS):
                     tg.start_soon(caller, m, calls, random.Random(rng.random()), stop)
                 await faulter.run(soak_seconds)
@@ -412,7 +420,8 @@ async def test_soak_random_faults_with_24_callers(
     figures.extend(
         [
             f"  requests {calls.started} {dict(sorted(calls.by_command.items()))}: "
-            f"ok {calls.by_kind['ok']}, errors {errors}; slowest outcome {calls.slowest:.2f} s",
+            f"ok {calls.by_kind['ok']}, errors {errors} (WorkerDied within {QUICK * 1000:g} ms: "
+            f"{calls.quick_deaths}); slowest outcome {calls.slowest:.2f} s",
             f"  faults {faulter.counts.total()}: {dict(sorted(faulter.counts.items()))}"
             + (f"; skipped {dict(faulter.skipped)}" if faulter.skipped else ""),
             f"  probes sent {metrics['probes_sent']}, failed {len(probe_failures)} "
@@ -440,6 +449,7 @@ async def test_soak_random_faults_with_24_callers(
         [f"{w.kind} {rel(w.start)}..{rel(w.end)} s" for w in faulter.windows],
     )
     assert sim.client_ids_seen == {CID}
+    assert handshake_ids == {CID}
     assert worker_ledger.labels() == {worker_label(HOST, sim.port, CID)}
     assert most_sessions == 1
     assert all(c.client_id in (CID, None) for c in closes)
