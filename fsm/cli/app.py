@@ -122,8 +122,10 @@ def status(
 ) -> int:
     """Show the managers' status snapshots (reads files; never contacts the Gateway).
 
-    Exit 0 when every live manager shown is CONNECTED, 1 when one is not (or its manager died, or
-    its snapshot cannot be trusted), 4 when no snapshot matches.
+    Inside a maintenance window (IB's reset, the Gateway's restart) it says which, and whether
+    the last state change was expected (no alarm). Exit 0 when every live manager shown is
+    CONNECTED, 1 when one is not (expected or not; or its manager died, or its snapshot cannot
+    be trusted), 4 when no snapshot matches.
     """
     from fsm.status import read_all
 

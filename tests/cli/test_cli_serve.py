@@ -41,10 +41,11 @@ def assert_nothing_started(sim: ThreadedSim, state_dir: Path) -> None:
     assert ibgw("status", state_dir=state_dir).returncode == 4
 
 
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_serve_answers_livez_readyz_and_metrics_while_connected(
-    sim: ThreadedSim, tmp_path: Path, runs: list[Run]
+    sim: ThreadedSim, tmp_path: Path, runs: list[Run], backend: str
 ) -> None:
-    run = Run(sim.port, tmp_path, "--serve", "127.0.0.1:0")
+    run = Run(sim.port, tmp_path, "--serve", "127.0.0.1:0", "--backend", backend)
     runs.append(run)
     port = run.health_port()
     run.wait_connected()
