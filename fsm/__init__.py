@@ -4,6 +4,8 @@ The public API::
 
     from fsm import ConnectionManager, Settings, State, Reason, StateChange, Notice
     from fsm import NotConnected, SessionLost, WorkerDied, RequestTimeout, BadRequest, GatewayError
+    from fsm import OrderState, Execution, ReadOnly, DuplicateOrderRef, OrderRejected, OrderNotPlaced
+    from fsm import OrderInDoubt, MaintenanceWindow
 
 Everything else lives in modules named for their one job (fsm.driver, fsm.process, fsm.lockfile,
 fsm.status, ...); the ``ibgw`` command is fsm.cli, which the library never imports.
@@ -15,10 +17,16 @@ from fsm.errors import (
     AlreadyRunning,
     BadRequest,
     DisconnectForbidden,
+    DuplicateOrderRef,
     GatewayError,
     IbgwError,
     InvalidEvent,
+    MaintenanceWindow,
     NotConnected,
+    OrderInDoubt,
+    OrderNotPlaced,
+    OrderRejected,
+    ReadOnly,
     RemoteBindRefused,
     RequestTimeout,
     ResponseTooLarge,
@@ -31,6 +39,7 @@ from fsm.errors import (
 )
 from fsm.manager import ConnectionManager
 from fsm.settings import Settings
+from worker.orders_protocol import Execution, OrderState
 
 __all__ = [
     "AlreadyRunning",
@@ -38,11 +47,19 @@ __all__ = [
     "Change",
     "ConnectionManager",
     "DisconnectForbidden",
+    "DuplicateOrderRef",
+    "Execution",
     "GatewayError",
     "IbgwError",
     "InvalidEvent",
+    "MaintenanceWindow",
     "NotConnected",
     "Notice",
+    "OrderInDoubt",
+    "OrderNotPlaced",
+    "OrderRejected",
+    "OrderState",
+    "ReadOnly",
     "Reason",
     "RemoteBindRefused",
     "RequestTimeout",

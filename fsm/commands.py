@@ -21,11 +21,13 @@ from fsm.errors import (
     GatewayError,
     IbgwError,
     NotConnected,
+    OrderRejected,
     RequestTimeout,
     ResponseTooLarge,
     SessionLost,
 )
 from worker import protocol as wp
+from worker.orders_protocol import ORDER_COMMANDS, OrderCode
 
 __all__ = ["HANDSHAKE_REASONS", "check_seconds", "encode_request", "error_from"]
 
@@ -72,12 +74,12 @@ def encode_request(command: object, rid: int, timeout: float, params: dict[str, 
         raise DisconnectForbidden()
     if command == "connect":
         raise BadRequest("connect is the manager's own job; request() is for session commands")
-    params_type = wp.COMMAND_PARAMS.get(command)
+    params_type = wp.COMMAND_PARAMS.get(command) or ORDER_COMMANDS.get(command)
     if params_type is not None:
         if "timeout" in params_type.__struct_fields__:
             params.setdefault("timeout", timeout)
         try:
-            wp.parse_params(command, params)
+            wp.parse_params(command, params, {command: params_type})
         except wp.ProtocolError as exc:
             raise BadRequest(exc.message) from None
     try:
@@ -104,6 +106,8 @@ def error_from(info: wp.ErrorInfo | None, command: str, *, session_lost: bool = 
         return ResponseTooLarge(message)
     if code == wp.Code.DISCONNECT_FORBIDDEN:
         return DisconnectForbidden(message)
+    if code == OrderCode.ORDER_REJECTED:
+        return OrderRejected(info.ib_code if info.ib_code is not None else 0, message)
     if code == wp.Code.GATEWAY_ERROR and info.ib_code is not None:
         return GatewayError(info.ib_code, message)
     return GatewayError(code, message)

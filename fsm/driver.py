@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, assert_never
@@ -86,6 +86,10 @@ class Driver:
         self.farms: dict[int, str] = {}
         self.last_error: str | None = None
         self.last_handshake: dict[str, Any] | None = None
+        # Beside the core: events the driver does not handle itself (orders, streams) and the
+        # start of each new session (a handshake, not a 1102), for the services built on them.
+        self.event_hooks: list[Callable[[wp.Event], None]] = []
+        self.session_hooks: list[Callable[[], None]] = []
 
     # ------------------------------------------------------------------------------------ life
 
@@ -198,6 +202,8 @@ class Driver:
             self._since_wall = at = wall_time(t.at_ns)
             if t.event == ci.HandshakeOk.event and w is not None:
                 w.session_ns = t.at_ns
+                for hook in self.session_hooks:
+                    hook()
             if (
                 t.dest == fc.State.CONNECTED
                 and self.settings.warm_spare
@@ -388,6 +394,9 @@ class Driver:
             self._feed(w, ci.SessionLost())
         elif ev.event == wp.EventName.IB_ERROR:
             self._on_ib_error(w, ev.data)
+        elif self.event_hooks:
+            for hook in self.event_hooks:
+                hook(ev)
         else:
             log.debug("worker %d: unknown event %r", w.pid, ev.event)
 

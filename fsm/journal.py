@@ -6,8 +6,9 @@ One file per Gateway address, port and client id in the state dir (``orders-<add
 - ``intent``    a place, modify or cancel is about to be sent (op, params, the session it is
                 sent in); written before the send, so a crash right after it leaves a trace;
 - ``ack``       the broker acknowledged it (order id, perm id, status);
-- ``outcome``   how a request ended otherwise: ``placed`` (found at the broker after a doubt),
-                ``not_placed`` (no trace at the broker), ``rejected`` (with IB's code);
+- ``outcome``   how a request ended otherwise: ``done`` (it took effect: found at the broker
+                after a doubt), ``not_done`` (it did not: no trace at the broker, nothing sent),
+                ``rejected`` (refused by the broker, with IB's code);
 - ``delivered`` an execution id handed to the trader (fills are delivered once, across crashes).
 
 Rebuilt on open: the orders by ref, the requests still unresolved (in flight when the process
@@ -54,7 +55,7 @@ REUSE_AFTER: Final = timedelta(hours=24)
 MAX_RECORD_BYTES: Final = 64 * 1024
 
 Op = Literal["place", "modify", "cancel"]
-Outcome = Literal["placed", "not_placed", "rejected"]
+Outcome = Literal["done", "not_done", "rejected"]
 
 _OPEN_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
@@ -223,7 +224,7 @@ class Journal:
         if o.unresolved():
             return True
         p = o.place
-        return p.outcome != "not_placed" and (now or _now()) - p.at < REUSE_AFTER
+        return p.outcome != "not_done" and (now or _now()) - p.at < REUSE_AFTER
 
     # ----------------------------------------------------------------------------- writes
 

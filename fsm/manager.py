@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, NoReturn
 
 import anyio
@@ -25,9 +25,11 @@ from fsm.commands import check_seconds, encode_request, error_from
 from fsm.core import Reason, State, Transition
 from fsm.driver import Driver
 from fsm.errors import DisconnectForbidden, IbgwError, NotConnected, RequestTimeout, WorkerDied
+from fsm.orders import OrderService
 from fsm.pids import worker_label
 from fsm.process import Pending, WorkerProcess
 from fsm.settings import Settings
+from worker.orders_protocol import Execution, OrderState
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,9 @@ class ConnectionManager:
         base = list(worker_argv) if worker_argv else [sys.executable, "-m", "worker"]
         argv = [*base, "--label", worker_label(s.host, s.port, s.client_id)]
         self._d = Driver(settings, argv, subscriber_buffer)
+        self._orders = OrderService(settings, self, self._d.counts)
+        self._d.event_hooks.append(self._orders.on_event)
+        self._d.session_hooks.append(self._orders.on_session_up)
         self._tg: anyio.abc.TaskGroup | None = None
         self._started = self._closed = False
         self._closed_event = anyio.Event()
@@ -191,6 +196,47 @@ class ConnectionManager:
             raise NotConnected(f"{command}: no live worker")
         return w
 
+    # ------------------------------------------------------------------------------- orders
+
+    async def place_order(
+        self,
+        *,
+        order_ref: str | None = None,
+        timeout: float | None = None,
+        allow_in_maintenance: bool = False,
+        **fields: Any,
+    ) -> OrderState:
+        """Place one order (symbol or con_id, action, quantity, order_type, limit_price,
+        stop_price, tif, outside_rth, account); exactly one outcome within ``timeout``
+        (default settings.request_timeout): the acknowledged order, or ReadOnly,
+        MaintenanceWindow, BadRequest, DuplicateOrderRef, OrderRejected(code),
+        OrderNotPlaced(ref) (a retry is safe), OrderInDoubt(ref) (never re-send: resolve it with
+        order_status). A generated order_ref is used when none is given (see fsm.orders)."""
+        return await self._orders.place(
+            order_ref=order_ref, timeout=timeout, allow_in_maintenance=allow_in_maintenance, **fields
+        )
+
+    async def modify_order(
+        self, order_ref: str, *, timeout: float | None = None, **changes: Any
+    ) -> OrderState:
+        """Change quantity, order_type, limit_price, stop_price, tif or outside_rth of a working
+        order; the same outcomes as place_order (OrderNotPlaced: the change did not take)."""
+        return await self._orders.modify(order_ref, timeout=timeout, **changes)
+
+    async def cancel_order(self, order_ref: str, *, timeout: float | None = None) -> OrderState:
+        """Cancel a working order; OrderRejected(10147/10148) when the broker cannot."""
+        return await self._orders.cancel(order_ref, timeout=timeout)
+
+    async def order_status(self, order_ref: str, *, timeout: float | None = None) -> OrderState:
+        """The order as the broker has it now; resolves an order in doubt (also one from
+        before a restart of this process) once a session is up."""
+        return await self._orders.status(order_ref, timeout=timeout)
+
+    def executions(self) -> AsyncIterator[Execution]:
+        """``async for fill in m.executions():`` every execution of this client id once, with
+        its commission, including fills that happened while no session was up."""
+        return self._orders.executions()
+
     # ---------------------------------------------------------------------------------- life
 
     async def shutdown(self) -> None:
@@ -206,6 +252,7 @@ class ConnectionManager:
             await self._d.stop()
         finally:
             self._closed = True
+            self._orders.close()
             self._d.close()
             self._closed_event.set()
 
@@ -231,13 +278,16 @@ class ConnectionManager:
         self._started = True
         try:
             await self._d.open()
+            self._orders.open(self._d.addresses[0])
             self._tg = anyio.create_task_group()
             await self._tg.__aenter__()
         except BaseException:
             self._closed = True
+            self._orders.close()
             self._d.close()
             raise
         self._d.run(self._tg)
+        self._orders.run(self._tg)
         return self
 
     async def __aexit__(self, *exc_info: Any) -> bool | None:

@@ -28,7 +28,7 @@ import msgspec
 
 from worker.orders_protocol import TERMINAL, Execution, OrderState
 
-__all__ = ["BrokerView", "Pending", "Reconciliation", "Resolution", "find", "reconcile"]
+__all__ = ["BrokerView", "Pending", "Reconciliation", "Resolution", "find", "has_fields", "reconcile"]
 
 Kind = Literal["done", "not_done", "in_doubt"]
 CANCELLED = frozenset({"Cancelled", "ApiCancelled"})
@@ -163,11 +163,11 @@ def _resolve(p: Pending, st: OrderState | None) -> Resolution:
         if st.status in CANCELLED:
             return out("done")
         return out("not_done" if p.settled or st.status in TERMINAL else "in_doubt")
-    if _has_fields(st, p.params):
+    if has_fields(st, p.params):
         return out("done")
     return out("not_done" if p.settled or st.status in TERMINAL else "in_doubt")
 
 
-def _has_fields(st: OrderState, params: Mapping[str, Any]) -> bool:
-    """The order carries every field a modify asked for."""
-    return all(params[k] is None or params[k] == getattr(st, k) for k in MODIFIABLE if k in params)
+def has_fields(st: OrderState, changes: Mapping[str, Any]) -> bool:
+    """The order carries every field a modify asked for (None: not asked)."""
+    return all(changes.get(k) is None or changes[k] == getattr(st, k) for k in MODIFIABLE)

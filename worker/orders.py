@@ -10,7 +10,8 @@ turns it "Cancelled" locally (even a 10147 that raced a fill), a warning (399, 2
 the trade's log. OrderDesk therefore keeps the status the broker last sent (`status_of`), says
 the rest as `order_error` events, and answers each command from what the broker sent:
 
-- place_order: acknowledged (openOrder/orderStatus with a permId) -> OrderState; an order
+- place_order: the contract qualified first (worker.market's cache: an unknown or ambiguous
+  one is refused with nothing sent); then acknowledged (openOrder/orderStatus with a permId) -> OrderState; an order
   error first -> `order_rejected` with IB's code; session lost first -> `session_lost`; no word
   within the timeout -> `request_timeout` (the order may be live: the manager reconciles).
 - modify_order: the broker's next openOrder for it -> OrderState; an order error ->
@@ -35,11 +36,12 @@ from datetime import UTC
 from typing import Any, Literal
 
 import msgspec
-from ib_async import IB, Contract, ExecutionFilter, Fill, LimitOrder, MarketOrder, Order, StopOrder, Trade
+from ib_async import IB, ExecutionFilter, Fill, LimitOrder, MarketOrder, Order, StopOrder, Trade
 from ib_async.objects import CommissionReport
 from ib_async.order import OrderStatus
 
 from worker.handlers import Context, Registry, Result
+from worker.market import qualify_spec
 from worker.orders_protocol import (
     ACKNOWLEDGED,
     ORDER_COMMANDS,
@@ -257,13 +259,6 @@ class OrderDesk:
             w.offer(kind, code, message)
 
 
-def contract_for(p: PlaceOrderParams) -> Contract:
-    return Contract(
-        conId=p.con_id or 0, symbol=p.symbol or "", secType=p.sec_type, exchange=p.exchange,
-        currency=p.currency, primaryExchange=p.primary_exchange or "",
-    )  # fmt: skip
-
-
 def order_for(p: PlaceOrderParams) -> Order:
     common: dict[str, Any] = {"orderRef": p.order_ref, "tif": p.tif, "outsideRth": p.outside_rth}
     if p.account:
@@ -308,8 +303,19 @@ class Orders:
                 OrderCode.DUPLICATE_ORDER_REF,
                 f"place_order: this session already holds an order with order_ref {p.order_ref!r}; nothing was sent",
             )
+        timeout = _timeout(p.timeout)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:  # the contract by its conId (cached): unknown or ambiguous ones go no further
+            async with asyncio.timeout(timeout) as cm:
+                contract = (await qualify_spec(ctx.session, d.ib, p, cm)).contract
+        except TimeoutError:
+            raise CommandError(
+                Code.REQUEST_TIMEOUT,
+                f"place_order: the contract was not qualified within {timeout:g} s; nothing was sent",
+            ) from None
         try:
-            trade: Trade = d.send(lambda: d.ib.placeOrder(contract_for(p), order_for(p)))
+            trade: Trade = d.send(lambda: d.ib.placeOrder(contract, order_for(p)))
         except ConnectionError as exc:
             raise CommandError(
                 Code.NOT_CONNECTED, f"place_order: not connected ({exc}); nothing was sent"
@@ -326,7 +332,7 @@ class Orders:
                 )
             return "ok" if trade.order.permId and d.status_of(trade) in ACKNOWLEDGED else None
 
-        await d.wait("place_order", trade.order.orderId, judge, _timeout(p.timeout))
+        await d.wait("place_order", trade.order.orderId, judge, max(0.001, deadline - loop.time()))
         return d.state(trade)
 
     async def modify_order(self, ctx: Context, p: ModifyOrderParams) -> Result:

@@ -15,6 +15,7 @@ Like worker.protocol, this module imports nothing from fsm or ib_async.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Final, Literal
 
@@ -145,7 +146,7 @@ class ExecutionsParams(Params, frozen=True):
             raise ValueError("since needs a UTC offset, e.g. 2026-11-25T09:30:00-05:00")
 
 
-ORDER_COMMANDS: Final = {
+ORDER_COMMANDS: Final[Mapping[str, type[Params]]] = {
     "place_order": PlaceOrderParams,
     "modify_order": ModifyOrderParams,
     "cancel_order": CancelOrderParams,

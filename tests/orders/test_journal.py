@@ -38,7 +38,7 @@ def test_records_survive_a_reopen_and_the_file_is_0600(path: Path) -> None:
     j.ack("a", a.seq, state("a"))
     b = j.intent("b", "place", PLACE, "s1")
     c = j.intent("c", "place", PLACE, "s1")
-    j.outcome("c", c.seq, "not_placed")
+    j.outcome("c", c.seq, "not_done")
     d = j.intent("d", "place", PLACE, "s1")
     j.outcome("d", d.seq, "rejected", code=201, message="Order rejected")
     m = j.intent("a", "modify", {"quantity": 5.0}, "s1")
@@ -67,7 +67,7 @@ def test_refs_in_use(path: Path) -> None:
     j.ack("placed", p.seq, state("placed"))
     j.intent("doubt", "place", PLACE, "s1")
     n = j.intent("never", "place", PLACE, "s1")
-    j.outcome("never", n.seq, "not_placed")
+    j.outcome("never", n.seq, "not_done")
     assert j.in_use("placed") and j.in_use("doubt")
     assert not j.in_use("never") and not j.in_use("fresh")  # proven not placed: a retry is safe
     assert not j.in_use("placed", later)  # "today" is over

@@ -124,27 +124,34 @@ def test_cancel_and_the_cancel_codes(sim: ThreadedSim, worker: OrderWorker) -> N
 
 
 @pytest.mark.parametrize(
-    ("fault", "params", "code"),
-    [
-        ("reject_next_order", {}, 201),
-        ("read_only_api", {}, 321),
-        (None, {"symbol": "NOSUCH"}, 200),
-    ],
-    ids=["201-rejected", "321-read-only-api", "200-unknown-contract"],
+    ("fault", "code"),
+    [("reject_next_order", 201), ("read_only_api", 321)],
+    ids=["201-rejected", "321-read-only-api"],
 )
 def test_each_refusal_is_order_rejected_with_the_brokers_code(
-    sim: ThreadedSim, worker: OrderWorker, fault: str | None, params: dict[str, Any], code: int
+    sim: ThreadedSim, worker: OrderWorker, fault: str, code: int
 ) -> None:
     if fault == "reject_next_order":
         sim.call(fault)
-    elif fault == "read_only_api":
+    else:
         sim.call(fault, True)
-    resp = worker.place(f"w-{code}", **params)
+    resp = worker.place(f"w-{code}")
     assert error_of(resp) == ("order_rejected", code)
     assert str(code) in resp.error.message
     assert book(sim, f"w-{code}") == []  # the broker holds nothing
     st = state_of(worker.place(f"w-{code}-after")) if fault != "read_only_api" else None
     assert st is None or st.status == "Submitted"  # the session goes on
+
+
+@pytest.mark.parametrize(
+    ("symbol", "code"), [("NOSUCH", "no_security_definition"), ("DUAL", "ambiguous_contract")]
+)
+def test_an_unknown_or_ambiguous_contract_is_refused_before_anything_is_sent(
+    sim: ThreadedSim, worker: OrderWorker, symbol: str, code: str
+) -> None:
+    resp = worker.place(f"w-{symbol}", symbol=symbol)
+    assert error_of(resp)[0] == code
+    assert sim.run(lambda: dict(sim.sim.broker.placements)) == {}
 
 
 def test_a_read_only_session_refuses_every_order_command_and_sends_nothing(sim: ThreadedSim) -> None:
