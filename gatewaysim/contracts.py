@@ -11,19 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .instruments import Instrument, lookup
+from .refusals import Refused
 
 TEXT_200 = "No security definition has been found for the request"
 FIELDS = 12  # conId .. tradingClass
 
 
-class NoListing(Exception):
+class NoListing(Refused):
     """The contract names no listing, or several: IB's error 200 with `text`."""
 
-    code = 200
-
     def __init__(self, text: str) -> None:
-        super().__init__(text)
-        self.text = text
+        super().__init__(200, text)
 
 
 @dataclass(frozen=True, slots=True)

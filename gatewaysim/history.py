@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .instruments import Instrument
 from .prices import NS, Bar, PriceProcess
+from .refusals import invalid
 
 BAR_SIZES: dict[str, int] = {
     "1 secs": 1,
@@ -43,21 +44,8 @@ BAR_SIZES: dict[str, int] = {
     "1 month": 31 * 86400,  # calendar months; the number only ranks it above a week
 }
 DAY = 86400
-TEXT_BAR_SIZE = (
-    "Error validating request.-'bP' : cause - Historical data bar size setting is invalid. Legal ones are: "
-    + ", ".join(BAR_SIZES)
-)
 _DURATION_RE = re.compile(r"\s*(\d+)\s+([SDWMY])\s*")
 _END_RE = re.compile(r"(\d{8})(?:[ -](\d{2}:\d{2}:\d{2}))?(?:\s+(\S+))?")
-
-
-class HistoryError(ValueError):
-    """A request IB would refuse; `code` and `text` are what the client is told."""
-
-    def __init__(self, code: int, text: str) -> None:
-        super().__init__(text)
-        self.code = code
-        self.text = text
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +65,8 @@ def bar_seconds(setting: str) -> int:
     try:
         return BAR_SIZES[setting.strip()]
     except KeyError:
-        raise HistoryError(321, TEXT_BAR_SIZE) from None
+        cause = "Historical data bar size setting is invalid. Legal ones are: " + ", ".join(BAR_SIZES)
+        raise invalid("bP", cause) from None
 
 
 def parse_end(text: str, zone: ZoneInfo, now_ns: int) -> int:
@@ -88,15 +77,13 @@ def parse_end(text: str, zone: ZoneInfo, now_ns: int) -> int:
         return now_ns
     m = _END_RE.fullmatch(text)
     if not m:
-        raise HistoryError(321, f"Error validating request.-'bO' : cause - End date/time is invalid: {text}")
+        raise invalid("bO", f"End date/time is invalid: {text}")
     day, clock, tz_name = m.groups()
     try:
         tz: dt.tzinfo = dt.UTC if "-" in text else (ZoneInfo(tz_name) if tz_name else zone)
         local = dt.datetime.strptime(day + (clock or "23:59:59"), "%Y%m%d%H:%M:%S").replace(tzinfo=tz)
     except (ValueError, ZoneInfoNotFoundError):
-        raise HistoryError(
-            321, f"Error validating request.-'bO' : cause - End date/time is invalid: {text}"
-        ) from None
+        raise invalid("bO", f"End date/time is invalid: {text}") from None
     return int(local.timestamp()) * NS
 
 
@@ -124,9 +111,7 @@ def start_of(ins: Instrument, duration: str, end_ns: int, use_rth: bool) -> int:
     from the last session that began before end_ns; W, M, Y are calendar spans."""
     m = _DURATION_RE.fullmatch(duration)
     if not m or int(m.group(1)) < 1:
-        raise HistoryError(
-            321, f"Error validating request.-'bQ' : cause - Historical data duration is invalid: {duration!r}"
-        )
+        raise invalid("bQ", f"Historical data duration is invalid: {duration!r}")
     n, unit = int(m.group(1)), m.group(2)
     zone = ZoneInfo(ins.time_zone_id)
     end_local = dt.datetime.fromtimestamp(end_ns / NS, zone)

@@ -16,16 +16,15 @@ from . import orderwire, wire
 from .broker import Broker, Event, Execution, Order, OrderError, StatusChange
 from .contracts import NoListing
 from .prices import PriceProcess
+from .refusals import invalid
 from .scheduler import Timer
 from .session import Session
 
 if TYPE_CHECKING:
     from .gateway import Gateway
 
-TEXT_321_READ_ONLY = (
-    "Error validating request.-'bN' : cause - The API interface is currently in Read-Only mode."
-)
-TEXT_321_ACCOUNT = "Error validating request.-'bW' : cause - The account code is required for this operation."
+TEXT_321_READ_ONLY = invalid("bN", "The API interface is currently in Read-Only mode.").text
+TEXT_321_ACCOUNT = invalid("bW", "The account code is required for this operation.").text
 REJECT_REASON = "Simulated rejection"
 MIN_MATCH_PERIOD = 0.02  # s between matching runs at high tick rates (each run catches up)
 

@@ -49,31 +49,13 @@ def parse_place_order(f: list[str]) -> Ticket:
     )
 
 
-def _contract(o: Order) -> list[object]:
-    """The 11 contract fields of openOrder and completedOrder (no primaryExchange)."""
-    c = o.ins
-    return [
-        c.con_id,
-        c.symbol,
-        c.sec_type,
-        "",
-        0.0,
-        "",
-        c.multiplier,
-        c.exchange,
-        c.currency,
-        c.local_symbol,
-        c.trading_class,
-    ]
-
-
 def _price(value: float | None) -> object:
     return D if value is None else value
 
 
 def open_order(version: int, o: Order) -> bytes:
     """OPEN_ORDER (msg 5): 127 fields at 178 for a plain order (appendix 2)."""
-    f: list[object] = [wire.OPEN_ORDER, o.order_id, *_contract(o)]
+    f: list[object] = [wire.OPEN_ORDER, o.order_id, *wire.contract_fields(o.ins, o.ins.exchange)]
     f += [o.action, o.quantity, o.order_type, _price(o.lmt_price), _price(o.aux_price), o.tif, "", o.account]
     f += ["", 0, o.order_ref, o.client_id, o.perm_id, o.outside_rth, 0, 0, "", "", "", "", ""]
     if version < MIN_SV_NO_FA_PROFILE:
@@ -118,7 +100,7 @@ def order_status(o: Order) -> bytes:
 
 def completed_order(version: int, o: Order) -> bytes:
     """COMPLETED_ORDER (msg 101): 96 fields at 178 (appendix 4); no orderId on the wire."""
-    f: list[object] = [wire.COMPLETED_ORDER, *_contract(o)]
+    f: list[object] = [wire.COMPLETED_ORDER, *wire.contract_fields(o.ins, o.ins.exchange)]
     f += [o.action, o.quantity, o.order_type, _price(o.lmt_price), _price(o.aux_price), o.tif, "", o.account]
     f += ["", 0, o.order_ref, o.perm_id, o.outside_rth, 0, 0, "", "", "", ""]
     if version < MIN_SV_NO_FA_PROFILE:

@@ -11,7 +11,8 @@ import re
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
+
+from .instruments import Instrument
 
 HELLO_PREFIX = b"API\0"
 MAX_FRAME = 16 * 1024 * 1024  # far above anything a client sends; larger means garbage
@@ -258,49 +259,18 @@ def current_time(epoch_seconds: int) -> bytes:
     return encode_msg(CURRENT_TIME, 1, epoch_seconds)
 
 
-class Listing(Protocol):
-    """The contract fields a row carries (instruments.Instrument provides them)."""
-
-    @property
-    def con_id(self) -> int: ...
-    @property
-    def symbol(self) -> str: ...
-    @property
-    def sec_type(self) -> str: ...
-    @property
-    def exchange(self) -> str: ...
-    @property
-    def primary_exchange(self) -> str: ...
-    @property
-    def currency(self) -> str: ...
-    @property
-    def multiplier(self) -> str: ...
-    @property
-    def local_symbol(self) -> str: ...
-    @property
-    def trading_class(self) -> str: ...
+def contract_fields(ins: Instrument, exchange: str) -> list[object]:
+    """The 11 contract fields of the rows that carry one: conId, symbol, secType, expiry,
+    strike, right, multiplier, `exchange`, currency, localSymbol, tradingClass."""
+    return [
+        ins.con_id, ins.symbol, ins.sec_type, "", 0.0, "", ins.multiplier, exchange, ins.currency,
+        ins.local_symbol, ins.trading_class,
+    ]  # fmt: skip
 
 
-def position(account: str, ins: Listing, qty: float, avg_cost: float) -> bytes:
+def position(account: str, ins: Instrument, qty: float, avg_cost: float) -> bytes:
     """POSITION_DATA: exactly 16 fields (ib_async unpacks it as a strict tuple)."""
-    return encode_msg(
-        POSITION_DATA,
-        3,
-        account,
-        ins.con_id,
-        ins.symbol,
-        ins.sec_type,
-        "",
-        0.0,
-        "",
-        ins.multiplier,
-        ins.exchange,
-        ins.currency,
-        ins.local_symbol,
-        ins.trading_class,
-        qty,
-        avg_cost,
-    )
+    return encode_msg(POSITION_DATA, 3, account, *contract_fields(ins, ins.exchange), qty, avg_cost)
 
 
 def position_end() -> bytes:
@@ -321,7 +291,7 @@ def account_value(key: str, value: str, currency: str, account: str) -> bytes:
 
 
 def portfolio_value(
-    account: str, ins: Listing, qty: float, market_price: float, avg_cost: float, realized_pnl: float = 0.0
+    account: str, ins: Instrument, qty: float, market_price: float, avg_cost: float, realized_pnl: float = 0.0
 ) -> bytes:
     """PORTFOLIO_VALUE: 20 fields, primaryExchange in the exchange slot as TWS sends it."""
     market_value = round(qty * market_price, 2)
@@ -329,17 +299,7 @@ def portfolio_value(
     return encode_msg(
         PORTFOLIO_VALUE,
         8,
-        ins.con_id,
-        ins.symbol,
-        ins.sec_type,
-        "",
-        0.0,
-        "",
-        ins.multiplier,
-        ins.primary_exchange,
-        ins.currency,
-        ins.local_symbol,
-        ins.trading_class,
+        *contract_fields(ins, ins.primary_exchange),
         qty,
         market_price,
         market_value,
@@ -379,7 +339,7 @@ class Fill:
 
     exec_id: str
     account: str
-    ins: Listing
+    ins: Instrument
     side: str  # BOT / SLD
     shares: float
     price: float
@@ -400,17 +360,7 @@ def execution(server_version: int, req_id: int, f: Fill) -> bytes:
         EXECUTION_DATA,
         req_id,
         f.order_id,
-        f.ins.con_id,
-        f.ins.symbol,
-        f.ins.sec_type,
-        "",
-        0.0,
-        "",
-        f.ins.multiplier,
-        f.ins.exchange,
-        f.ins.currency,
-        f.ins.local_symbol,
-        f.ins.trading_class,
+        *contract_fields(f.ins, f.ins.exchange),
         f.exec_id,
         f.time,
         f.account,

@@ -14,6 +14,7 @@ from gatewaysim.handlers_market import contract_details
 from gatewaysim.instruments import by_con_id
 from gatewaysim.pacing import Budget, HistoricalPacing, Limits
 from gatewaysim.prices import NS, PriceProcess
+from gatewaysim.refusals import Refused
 
 NY = ZoneInfo("US/Eastern")
 AAPL = by_con_id(265598)
@@ -84,7 +85,7 @@ def test_bar_sizes_and_durations() -> None:
     assert history.bar_seconds("1 secs") == 1 and history.bar_seconds("1 month") > history.bar_seconds(
         "1 week"
     )
-    with pytest.raises(history.HistoryError, match="Legal ones are: 1 secs, 5 secs") as e:
+    with pytest.raises(Refused, match="Legal ones are: 1 secs, 5 secs") as e:
         history.bar_seconds("1 sec")
     assert e.value.code == 321
     wed = ny_ns(2026, 11, 25, 11, 0)
@@ -97,7 +98,7 @@ def test_bar_sizes_and_durations() -> None:
     assert history.start_of(AAPL, "1 M", ny_ns(2026, 3, 31, 12, 0), True) == ny_ns(2026, 2, 28, 12, 0)
     assert history.start_of(AAPL, "2 Y", wed, True) == ny_ns(2024, 11, 25, 11, 0)
     for bad in ("1", "0 D", "1 X", "D 1"):
-        with pytest.raises(history.HistoryError, match="duration"):
+        with pytest.raises(Refused, match="duration"):
             history.start_of(AAPL, bad, wed, True)
 
 
@@ -110,7 +111,7 @@ def test_end_date_time_forms() -> None:
     assert history.parse_end("20261125 11:00:00 US/Eastern", NY, now) == now
     assert history.parse_end("20261124", NY, now) == ny_ns(2026, 11, 24, 23, 59, 59)
     for bad in ("yesterday", "20261125 11:00:00 Mars/Base", "20261345 11:00:00"):
-        with pytest.raises(history.HistoryError, match="End date"):
+        with pytest.raises(Refused, match="End date"):
             history.parse_end(bad, NY, now)
 
 
