@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, assert_never
@@ -27,13 +27,15 @@ from fsm import core as fc
 from fsm import inputs as ci
 from fsm.changes import Broadcast, Notice, StateChange, wall_time
 from fsm.commands import HANDSHAKE_REASONS
-from fsm.errors import InvalidEvent
+from fsm.errors import InvalidEvent, NotConnected, SessionLost
 from fsm.hosts import resolve
 from fsm.ibcodes import NoticeKind, classify
 from fsm.lockfile import LockRecord
 from fsm.maintenance import in_window, next_change
 from fsm.pids import MANAGER_ENV, process_id
 from fsm.process import Pending, WorkerProcess
+from fsm.requests import Requests
+from fsm.services import Services, Session
 from fsm.settings import Settings
 from fsm.statefiles import StateFiles
 from fsm.status import snapshot
@@ -71,7 +73,9 @@ class Driver:
         self.addresses: tuple[str, ...] = ()  # resolved once, at open()
         self._files: StateFiles | None = None
         self._stale: LockRecord | None = None
-        self._ids = self._probe_seq = 0
+        self._probe_seq = 0
+        self.requests = Requests(s.request_timeout, self.counts)
+        self.services = Services()  # features built on the session (fsm.services)
         self.changes = Broadcast(subscriber_buffer)
         self.changed = anyio.Event()  # set and replaced on every transition
         self._last_seen: fc.Transition | None = None
@@ -86,10 +90,6 @@ class Driver:
         self.farms: dict[int, str] = {}
         self.last_error: str | None = None
         self.last_handshake: dict[str, Any] | None = None
-        # Beside the core: events the driver does not handle itself (orders, streams) and the
-        # start of each new session (a handshake, not a 1102), for the services built on them.
-        self.event_hooks: list[Callable[[wp.Event], None]] = []
-        self.session_hooks: list[Callable[[], None]] = []
 
     # ------------------------------------------------------------------------------------ life
 
@@ -144,6 +144,7 @@ class Driver:
         self.changes.close()
         self._notify_changed()
         self._write_status(stopped=True)
+        self.services.close()
         if self._files is not None:
             self._files.close()
 
@@ -154,10 +155,6 @@ class Driver:
         w = self.workers.current
         out.update(state=str(self.core.state), worker_pid=w.pid if w else None)
         return out
-
-    def new_id(self) -> int:
-        self._ids += 1
-        return self._ids
 
     # ------------------------------------------------------------------------------ core input
 
@@ -202,8 +199,6 @@ class Driver:
             self._since_wall = at = wall_time(t.at_ns)
             if t.event == ci.HandshakeOk.event and w is not None:
                 w.session_ns = t.at_ns
-                for hook in self.session_hooks:
-                    hook()
             if (
                 t.dest == fc.State.CONNECTED
                 and self.settings.warm_spare
@@ -217,6 +212,12 @@ class Driver:
                     at, t.source, t.event, t.dest, t.reason, t.at_ns, window=t.window, expected=t.expected
                 )
             )
+            if t.source == fc.State.CONNECTED:
+                self.services.session_down(t.reason)
+            elif t.dest == fc.State.CONNECTED and w is not None:
+                fresh = t.event == ci.HandshakeOk.event
+                handshake = dict(self.last_handshake or {})
+                self.services.session_up(Session(w.gen, fresh, handshake, partial(self._session_request, w)))
         self._write_status()
         self._notify_changed()
 
@@ -288,6 +289,7 @@ class Driver:
                 await self._reap_stale()
             case fc.NotifyDataLost():
                 self._notice(NoticeKind.data_lost, 1101, "market data was lost: re-request subscriptions")
+                self.services.data_lost()
             case _:
                 assert_never(action)
 
@@ -319,7 +321,7 @@ class Driver:
         params = wp.ConnectParams(
             host=host, port=a.port, client_id=a.client_id, readonly=a.readonly, timeout=timeout
         )
-        rid = self.new_id()
+        rid = self.requests.new_id()
         w.pending[rid] = Pending(partial(self._connect_done, w))
         if not await w.send(wp.encode(wp.connect(params, id=rid)), timeout=timeout):
             w.pending.pop(rid, None)
@@ -352,7 +354,7 @@ class Driver:
         if w is None or w.retiring:
             return
         self._probe_seq += 1
-        rid = self.new_id()
+        rid = self.requests.new_id()
         w.pending[rid] = Pending(partial(self._probe_done, w, self._probe_seq))
         s = self.settings
         msg = wp.request("probe", id=rid, window=s.probe_interval, timeout=s.probe_timeout)
@@ -394,11 +396,23 @@ class Driver:
             self._feed(w, ci.SessionLost())
         elif ev.event == wp.EventName.IB_ERROR:
             self._on_ib_error(w, ev.data)
-        elif self.event_hooks:
-            for hook in self.event_hooks:
-                hook(ev)
+        elif self.services.routes(ev.event):
+            self.services.event(w.gen, ev)
         else:
             log.debug("worker %d: unknown event %r", w.pid, ev.event)
+
+    async def _session_request(
+        self, w: WorkerProcess, command: str, *, timeout: float | None = None, **params: Any
+    ) -> dict[str, Any]:
+        """Session.request: to worker ``w`` only while its session is the one that is up."""
+        p = self.requests.prepare(command, timeout, params)
+        if w is not self.workers.current or w.retiring or w.session_lost:
+            raise SessionLost(f"{command}: that session has ended")
+        if self.closing or self.core.state != fc.State.CONNECTED:
+            raise NotConnected(
+                f"{command}: the session is down ({self.core.state}, {self.core.reason or '-'})"
+            )
+        return await self.requests.exchange(w, p)
 
     def _on_ib_error(self, w: WorkerProcess, data: dict[str, Any]) -> None:
         code, message = data.get("code"), str(data.get("message", ""))

@@ -21,13 +21,13 @@ import anyio
 import anyio.abc
 
 from fsm.changes import Change, Notice, StateChange, Subscription
-from fsm.commands import check_seconds, encode_request, error_from
+from fsm.commands import check_seconds
 from fsm.core import Reason, State, Transition
 from fsm.driver import Driver
-from fsm.errors import DisconnectForbidden, IbgwError, NotConnected, RequestTimeout, WorkerDied
+from fsm.errors import DisconnectForbidden, NotConnected
 from fsm.orders import OrderService
 from fsm.pids import worker_label
-from fsm.process import Pending, WorkerProcess
+from fsm.process import WorkerProcess
 from fsm.settings import Settings
 from worker.orders_protocol import Execution, OrderState
 
@@ -55,13 +55,12 @@ class ConnectionManager:
         base = list(worker_argv) if worker_argv else [sys.executable, "-m", "worker"]
         argv = [*base, "--label", worker_label(s.host, s.port, s.client_id)]
         self._d = Driver(settings, argv, subscriber_buffer)
+        self.services = self._d.services  # fsm.services: features register here, before start
         self._orders = OrderService(settings, self, self._d.counts)
-        self._d.event_hooks.append(self._orders.on_event)
-        self._d.session_hooks.append(self._orders.on_session_up)
+        self.services.add(self._orders)
         self._tg: anyio.abc.TaskGroup | None = None
         self._started = self._closed = False
         self._closed_event = anyio.Event()
-        self._in_flight = 0  # request() calls waiting for an answer
 
     # ------------------------------------------------------------------------------ reading
 
@@ -115,7 +114,7 @@ class ConnectionManager:
     def metrics(self) -> dict[str, Any]:
         """The core's counters and durations plus the manager's own counts."""
         out = self._d.metrics()
-        out["requests_in_flight"] = self._in_flight
+        out["requests_in_flight"] = self._d.requests.in_flight
         return out
 
     async def wait_for(self, state: State, timeout: float | None = None) -> None:
@@ -151,34 +150,10 @@ class ConnectionManager:
         RequestTimeout after ``timeout`` (default settings.request_timeout); ResponseTooLarge;
         GatewayError(code).
         """
-        limit = self.settings.request_timeout if timeout is None else check_seconds("timeout", timeout)
+        prepared = self._d.requests.prepare(command, timeout, params)
         waited = None if wait is None else check_seconds("wait", wait, zero_ok=True)
-        rid = self._d.new_id()
-        line = encode_request(command, rid, limit, params)
         w = await self._session_worker(command, waited)
-        pending = w.pending[rid] = Pending()
-        self._in_flight += 1
-        try:
-            with anyio.move_on_after(limit):
-                if not await w.send(line):
-                    pending.resolve(error=WorkerDied(f"{command}: the worker's stdin is closed"))
-                await pending.done.wait()
-        finally:
-            self._in_flight -= 1
-            w.pending.pop(rid, None)
-        counts = self._d.counts
-        if not pending.done.is_set():
-            counts["requests_timed_out"] += 1
-            raise RequestTimeout(f"{command}: no answer within {limit:g} s")
-        resp = pending.response
-        error: IbgwError | None = pending.error
-        if error is None and resp is not None and not resp.ok:
-            error = error_from(resp.error, command, session_lost=w.session_lost)
-        if error is not None or resp is None:
-            counts["requests_failed"] += 1
-            raise error or WorkerDied(f"{command}: no answer")
-        counts["requests_ok"] += 1
-        return resp.data or {}
+        return await self._d.requests.exchange(w, prepared)
 
     async def _session_worker(self, command: str, wait: float | None) -> WorkerProcess:
         if self._d.closing or not self._started:
@@ -252,7 +227,6 @@ class ConnectionManager:
             await self._d.stop()
         finally:
             self._closed = True
-            self._orders.close()
             self._d.close()
             self._closed_event.set()
 
@@ -278,16 +252,15 @@ class ConnectionManager:
         self._started = True
         try:
             await self._d.open()
-            self._orders.open(self._d.addresses[0])
+            self.services.open(self._d.addresses[0])
             self._tg = anyio.create_task_group()
             await self._tg.__aenter__()
         except BaseException:
             self._closed = True
-            self._orders.close()
             self._d.close()
             raise
+        self.services.run(self._tg)
         self._d.run(self._tg)
-        self._orders.run(self._tg)
         return self
 
     async def __aexit__(self, *exc_info: Any) -> bool | None:

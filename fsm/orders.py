@@ -22,8 +22,8 @@ orders, executions) resolves it. Reconciliation runs after every new session; it
 the executions no one has seen to `executions()`, which delivers each once, across crashes (the
 delivered execution ids are journalled before they are handed over).
 
-Hooks for the manager: `open(address)` once the lock is held, `run(tg)`, `on_event(event)` for
-the worker's order events, `on_session_up()` after each new session's handshake, `close()`.
+A session service (fsm.services): `open(address)` once the lock is held, `run(tg)`, `on_event`
+for the worker's order events, `on_session_up` (acting on each new session), `close()`.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ import anyio
 import anyio.abc
 import msgspec
 
+from fsm import services
 from fsm.commands import check_seconds
 from fsm.core import State
 from fsm.errors import (
@@ -117,8 +118,10 @@ class _Deadline:
         return max(0.0, self.at - anyio.current_time())
 
 
-class OrderService:
+class OrderService(services.Service):
     """Order calls, the journal, reconciliation after each session, and executions once."""
+
+    events = frozenset({OrderEvent.ORDER_STATUS, OrderEvent.EXECUTION, OrderEvent.ORDER_ERROR})
 
     def __init__(self, settings: Settings, session: Session, counts: Counter[str]) -> None:
         self.settings = settings
@@ -169,12 +172,14 @@ class OrderService:
 
     # ------------------------------------------------------------------------------ hooks
 
-    def on_session_up(self) -> None:
+    def on_session_up(self, session: services.Session) -> None:
         """A new session (a handshake, not a 1102): requests sent before it are settled now."""
+        if not session.new:
+            return
         self._gen += 1
         self._kick.set()
 
-    def on_event(self, ev: Event) -> None:
+    def on_event(self, generation: int, ev: Event) -> None:
         """The worker's order events: statuses may resolve doubts; fills queue for delivery."""
         if self._journal is None:
             return
