@@ -109,11 +109,25 @@ class BrokerRig:
         ]
 
 
+async def received(ib: IB, predicate: Callable[[], bool], timeout: float = T) -> None:
+    """Wait for a condition on what `ib` has received, woken by each of its reads."""
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await ib.updateEvent
+
+
 def contract_of(ins: Instrument) -> Contract:
     """The contract a trader sends after qualifying (conId plus the routing fields)."""
     return Contract(
         conId=ins.con_id, symbol=ins.symbol, secType=ins.sec_type, exchange="SMART", currency=ins.currency
     )
+
+
+@pytest.fixture
+def log_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """ib_async's warnings and errors, for `support.market.dropped_messages`."""
+    caplog.set_level(logging.WARNING, logger="ib_async")
+    return caplog.records
 
 
 @pytest.fixture

@@ -222,9 +222,8 @@ def test_sim_serves_from_trio_in_a_thread() -> None:
 
 @asyncio_only
 async def test_positions_books_n_rows_in_the_first_account(
-    anyio_backend: str, caplog: pytest.LogCaptureFixture
+    anyio_backend: str, log_records: list[logging.LogRecord]
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="ib_async")
     async with GatewaySim(accounts=("DU1", "DU2"), positions=N_POSITIONS) as sim:
         ib = new_ib()
         await ib.connectAsync("127.0.0.1", sim.port, clientId=1, timeout=T, account="DU1")
@@ -245,7 +244,7 @@ async def test_positions_books_n_rows_in_the_first_account(
         assert p.avgCost == round(last.base_price * 0.95, 4)
         assert len(ib.portfolio("DU1")) == N_POSITIONS  # the start-up sync's account updates too
         assert sim.snapshot()["positions"] == {"DU1": N_POSITIONS, "DU2": 2}
-        assert dropped_messages(caplog.records) == []
+        assert dropped_messages(log_records) == []
 
 
 def test_positions_counts_are_checked_and_small_counts_keep_the_standard_rows_first() -> None:

@@ -7,11 +7,10 @@ session that connects while the market data farm is down hears 2103 at its hands
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Callable
 
 import pytest
+from conftest import received
 from ib_async import IB, Stock
 from support.market import T, dropped_messages, market_rig, never_disconnecting_ib
 
@@ -19,19 +18,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["asyn
 
 AAPL = Stock("AAPL", "SMART", "USD", conId=265598)
 SPY = Stock("SPY", "SMART", "USD", conId=756733)
-
-
-@pytest.fixture
-def log_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    caplog.set_level(logging.WARNING, logger="ib_async")
-    return caplog.records
-
-
-async def until(ib: IB, predicate: Callable[[], bool]) -> None:
-    """Wait for a condition on what `ib` has received, woken by each of its reads."""
-    async with asyncio.timeout(T):
-        while not predicate():
-            await ib.updateEvent
 
 
 async def test_1101_loses_every_subscription_and_a_request_again_flows(
@@ -97,13 +83,13 @@ async def test_a_session_connecting_during_a_farm_outage_hears_2103(
             ib, codes = never_disconnecting_ib(), []
             ib.errorEvent += lambda req_id, code, msg, contract: codes.append(code)
             await ib.connectAsync("127.0.0.1", rig.sim.port, clientId=client_id, timeout=T)
-            await until(ib, lambda: len(codes) >= 3)
+            await received(ib, lambda: len(codes) >= 3)
             return ib, codes
 
         late, codes = await connect(2)
         assert codes == [2103, 2106, 2158]
         rig.market.farm_restored()
-        await until(late, lambda: len(codes) == 4)
+        await received(late, lambda: len(codes) == 4)
         assert codes[-1] == 2104
         _, after = await connect(3)
         assert after == [2104, 2106, 2158]

@@ -28,12 +28,6 @@ CON_IDS = {"AAPL": 265598, "MSFT": 272093, "SPY": 756733}
 NY = ZoneInfo("US/Eastern")
 
 
-@pytest.fixture
-def log_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    caplog.set_level(logging.WARNING, logger="ib_async")
-    return caplog.records
-
-
 def stock(symbol: str) -> Stock:
     """A qualified stock, as a trader holds it after qualifyContracts (a fresh object each time)."""
     return Stock(symbol, "SMART", "USD", conId=CON_IDS[symbol])
