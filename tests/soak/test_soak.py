@@ -73,7 +73,7 @@ FAULTS = (
 )
 SILENCING = ("sigstop", "red_restart")  # the Gateway (or our worker) answers nothing meanwhile
 GAP = (0.5, 3.0)  # seconds between two faults
-QUICK = 0.005
+QUICK = 0.005  # a WorkerDied this fast came from a worker dead before the request was sent
 HANG_GRACE = 5.0  # beyond wait + timeout, a call that has not returned counts as hung
 SHAPES: dict[str, Callable[[dict[str, Any]], bool]] = {
     "ping": lambda d: isinstance(d.get("gateway_time"), float),
