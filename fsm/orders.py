@@ -313,6 +313,7 @@ class OrderService(services.Service):
                 ) from None
             req = self.journal.intent(ref, op, payload, self._token())
             self._in_flight.add((ref, req.seq))
+            doubt: Exception | None = None
             try:
                 data = await self._session.request(command, timeout=max(deadline.left(), 0.001), **payload)
             except OrderRejected as exc:
@@ -322,19 +323,21 @@ class OrderService(services.Service):
                 self.journal.outcome(ref, req.seq, "not_done", message=str(exc))
                 raise
             except GatewayError as exc:
-                if exc.code not in NOT_SENT:
-                    return await self._in_doubt(command, ref, req, deadline, exc)
-                self.journal.outcome(ref, req.seq, "not_done", message=exc.message)
-                raise _not_sent_error(exc, ref) from None
+                if exc.code in NOT_SENT:
+                    self.journal.outcome(ref, req.seq, "not_done", message=exc.message)
+                    raise _not_sent_error(exc, ref) from None
+                doubt = exc
             except SessionLost as exc:
-                return await self._in_doubt(command, ref, req, deadline, exc)
+                doubt = exc
             except NotConnected:  # no session took it: nothing was sent; try the next one
                 self.journal.outcome(ref, req.seq, "not_done", message="no session; nothing was sent")
                 continue
             except IbgwError as exc:  # WorkerDied, RequestTimeout: it may have been sent
-                return await self._in_doubt(command, ref, req, deadline, exc)
+                doubt = exc
             finally:
                 self._in_flight.discard((ref, req.seq))
+            if doubt is not None:
+                return await self._in_doubt(command, ref, req, deadline, doubt)
             st = msgspec.convert(data, OrderState)
             self.journal.observe(st)
             if on_done is not None and not has_fields(st, on_done):

@@ -116,10 +116,12 @@ class OrderDesk:
         self._muted = False  # inside our own placeOrder/cancelOrder call: its events are ib_async's
         self._waits: dict[int, list[_Wait]] = {}
         self._last: dict[int, tuple[Trade, OrderState]] = {}  # id(trade) -> last state emitted
+        self._live: set[str] = set()  # exec ids ib_async reported as live fills (not query answers)
         self._sent_execs: set[str] = set()
         ib.orderStatusEvent += self._on_status
         ib.openOrderEvent += self._on_open_order
         ib.errorEvent += self._on_error
+        ib.execDetailsEvent += self._on_exec_details
         ib.commissionReportEvent += self._on_commission
         ib.disconnectedEvent += self._on_disconnected
 
@@ -230,9 +232,14 @@ class OrderDesk:
             self._publish(trade)
         self._offer(req_id, "error", code, message)
 
+    def _on_exec_details(self, trade: Trade, fill: Fill) -> None:
+        self._live.add(fill.execution.execId)
+
     def _on_commission(self, trade: Trade, fill: Fill, report: CommissionReport) -> None:
+        """A live fill is told once its commission is in. Fills that answer a reqExecutions (ours,
+        or the start-up sync's) are not events: the `executions` command returns them."""
         exec_id = fill.execution.execId
-        if exec_id in self._sent_execs or fill.execution.clientId not in (0, self.client_id):
+        if exec_id not in self._live or exec_id in self._sent_execs:
             return
         self._sent_execs.add(exec_id)
         self._emit(event(OrderEvent.EXECUTION, execution(fill)))
