@@ -372,6 +372,7 @@ async def test_soak_random_faults_with_24_callers(
         settings = fast_settings(state_dir, sim.port, CID)
         async with ConnectionManager(settings) as m:
             await m.wait_connected(30)
+            handshake_ids.add((m.last_handshake or {}).get("client_id"))  # before the watch began
             faulter = Faulter(m, sim, rng, worker_ledger)
             stop = anyio.Event()
             async with anyio.create_task_group() as tg:
