@@ -1,11 +1,21 @@
-"""Helpers for the order tests: a worker client that connects read-write, and limits the
-simulator's market will not reach within a test."""
+"""Helpers for the order tests: a worker client that connects read-write, a simulator on a
+pinned trading-day clock with a trading manager on it, and limits its market will not reach."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
+from fsm.manager import ConnectionManager
+from fsm.settings import Settings
+from gatewaysim import Faults, GatewaySim
 from gatewaysim.accounts import AAPL
+from gatewaysim.observe import SimEvent
+from support.manager import fast_settings
+from support.market import PINNED
 from support.worker_process import WorkerProcess
 from worker.orders_protocol import Execution, OrderErrorData, OrderEvent, OrderState
 from worker.protocol import Event, Response, data_as
@@ -61,3 +71,54 @@ class OrderWorker(WorkerProcess):
 def state_of(resp: Response) -> OrderState:
     assert resp.ok, resp
     return data_as(resp, OrderState)
+
+
+def order_settings(state_dir: Path, port: int, **overrides: Any) -> Settings:
+    """fast_settings, trading (readonly off) and without maintenance windows (tests run at any
+    hour; the window gate has its own test)."""
+    values: dict[str, Any] = {"readonly": False, "maintenance": "off", **overrides}
+    return fast_settings(state_dir, port, **values)
+
+
+def trading_sim(faults: Faults | None = None) -> GatewaySim:
+    """The simulator on a trading-day clock running SPEED times faster than real time."""
+    t0 = time.monotonic()
+    return GatewaySim(
+        seed=11, tick_rate=4.0, wall=lambda: PINNED + (time.monotonic() - t0) * SPEED, faults=faults
+    )
+
+
+@asynccontextmanager
+async def trading(state_dir: Path, **overrides: Any) -> AsyncIterator[tuple[GatewaySim, ConnectionManager]]:
+    """A simulator and a connected, trading manager on it."""
+    async with trading_sim() as sim, ConnectionManager(order_settings(state_dir, sim.port, **overrides)) as m:
+        await m.wait_connected(20)
+        yield sim, m
+
+
+def on_sim_order(sim: GatewaySim, ref: str, action: Callable[[], None]) -> None:
+    """Run `action` once, synchronously, the moment the simulator has taken the placeOrder of
+    `ref` (before any answer to it has left the simulator)."""
+    done: list[bool] = []
+
+    def hook(ev: SimEvent) -> None:
+        if not done and ev.kind == "order" and repr(ref) in ev.detail:
+            done.append(True)
+            action()
+
+    sim.on_event = hook
+
+
+def placements(sim: GatewaySim, ref: str) -> int:
+    return sim.broker.placements[ref]
+
+
+def orders_at(sim: GatewaySim, ref: str) -> list[tuple[str, float]]:
+    """(status, quantity) of every order the simulator holds with this ref."""
+    return [(o.status, o.quantity) for o in sim.broker.orders_by_ref(ref)]
+
+
+def limit(ref: str, **changes: Any) -> dict[str, Any]:
+    """place_order arguments for a BUY 10 AAPL LMT at LOW (it rests)."""
+    return {"symbol": "AAPL", "action": "BUY", "quantity": 10.0, "order_type": "LMT", "limit_price": LOW,
+            "order_ref": ref, **changes}  # fmt: skip
