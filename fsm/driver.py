@@ -11,7 +11,6 @@ only by its worker process exiting (fsm.workers); nothing here disconnects.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import Counter, deque
 from collections.abc import Sequence
@@ -25,35 +24,26 @@ import anyio.to_thread
 
 from fsm import core as fc
 from fsm import inputs as ci
-from fsm.changes import Broadcast, Notice, StateChange, wall_time
 from fsm.commands import HANDSHAKE_REASONS
 from fsm.errors import InvalidEvent, NotConnected, SessionLost
 from fsm.hosts import resolve
 from fsm.ibcodes import NoticeKind, classify
 from fsm.lockfile import LockRecord
 from fsm.maintenance import in_window, next_change
-from fsm.pids import MANAGER_ENV, process_id
+from fsm.pids import process_id
 from fsm.process import Pending, WorkerProcess
+from fsm.reports import MANAGER_COUNTERS, Reports
 from fsm.requests import Requests
-from fsm.services import Services, Session
+from fsm.services import Session
 from fsm.settings import Settings
 from fsm.statefiles import StateFiles
-from fsm.status import snapshot
 from fsm.workers import Workers
 from fsm.zombies import reap_stale_worker
 from worker import protocol as wp
 
 log = logging.getLogger("fsm.manager")
 
-__all__ = ["MANAGER_COUNTERS", "Driver"]
-
-#: The manager's own counters in metrics() (next to the core's); all start at 0.
-MANAGER_COUNTERS = (
-    *("workers_spawned", "spawn_failures", "spares_spawned", "spares_adopted"),
-    *("retire_eof", "retire_term", "retire_kill", "zombies_reaped", "ib_326"),
-    *("requests_ok", "requests_failed", "requests_timed_out", "stale_inputs_dropped", "inputs_ignored"),
-    *(f"notices_{kind}" for kind in NoticeKind),
-)
+__all__ = ["Driver"]
 
 
 class Driver:
@@ -62,24 +52,16 @@ class Driver:
     def __init__(self, settings: Settings, argv: Sequence[str], subscriber_buffer: int) -> None:
         self.settings = s = settings
         self.core = fc.ConnectionCore(settings)
-        self._me = process_id()
-        # The worker's no-fast-close linger at stdin EOF follows our min_session; MANAGER_ENV is
-        # how a later manager proves a stale worker was ours (fsm.pids.born_of).
-        env = {**os.environ, "IBGW_WORKER_MIN_SESSION": repr(s.min_session)}
-        if self._me is not None:
-            env[MANAGER_ENV] = self._me.marker()
+        me = process_id()
         self.counts: Counter[str] = Counter(dict.fromkeys(MANAGER_COUNTERS, 0))
-        self.workers = Workers(settings, argv, env, self._on_worker_event, self._worker_gone, self.counts)
+        self.reports = Reports(settings, subscriber_buffer, self.counts, self.metrics, me)
+        self.workers = Workers(settings, argv, me, self._on_worker_event, self._worker_gone, self.counts)
         self.addresses: tuple[str, ...] = ()  # resolved once, at open()
         self._files: StateFiles | None = None
         self._stale: LockRecord | None = None
         self._probe_seq = 0
         self.requests = Requests(s.request_timeout, self.counts)
-        self.services = Services()  # features built on the session (fsm.services)
-        self.changes = Broadcast(subscriber_buffer)
-        self.changed = anyio.Event()  # set and replaced on every transition
         self._last_seen: fc.Transition | None = None
-        self._since_wall = time.time()
         self._tg: anyio.abc.TaskGroup | None = None
         self._timer_wake: anyio.Event | None = None
         self._actions: deque[fc.Action] = deque()
@@ -87,8 +69,6 @@ class Driver:
         self._actor_scope: anyio.CancelScope | None = None
         self._actor_done = anyio.Event()
         self.closing = self._closed = False
-        self.farms: dict[int, str] = {}
-        self.last_error: str | None = None
         self.last_handshake: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------------------------ life
@@ -101,6 +81,7 @@ class Driver:
             self.addresses = await anyio.to_thread.run_sync(resolve, s.host, s.port)
             self._files = StateFiles(s, self.addresses)
             self._stale = self._files.open()
+            self.reports.bind(self._files, self.addresses[0])
             await self._reap_stale()
         except BaseException:
             self.close()
@@ -112,7 +93,7 @@ class Driver:
         self.workers.bind(tg)
         tg.start_soon(self._actor)
         tg.start_soon(self._timer)
-        self._write_status()
+        self.reports.status()
         self._feed(None, ci.Maintenance(in_window(self.settings, datetime.now(UTC))))
         self._feed(None, ci.Start())
         tg.start_soon(self._watch_windows)
@@ -139,12 +120,9 @@ class Driver:
             w.report_exit()
 
     def close(self) -> None:
-        """Last words: subscribers ended, the snapshot marked stopped, the lock released."""
+        """Last words (fsm.reports), then the lock released."""
         self._closed = self.closing = True
-        self.changes.close()
-        self._notify_changed()
-        self._write_status(stopped=True)
-        self.services.close()
+        self.reports.close()
         if self._files is not None:
             self._files.close()
 
@@ -196,39 +174,17 @@ class Driver:
         self._last_seen = new[0]
         w = self.workers.current
         for t in reversed(new):
-            self._since_wall = at = wall_time(t.at_ns)
-            if t.event == ci.HandshakeOk.event and w is not None:
-                w.session_ns = t.at_ns
-            if (
-                t.dest == fc.State.CONNECTED
-                and self.settings.warm_spare
-                and self.workers.spare is None
-                and self._tg
-            ):
-                self._tg.start_soon(self.workers.add_spare, lambda: self.closing)
-            log.info("%s --%s--> %s (%s)", t.source, t.event, t.dest, t.reason or "-")
-            self.changes.publish(
-                StateChange(
-                    at, t.source, t.event, t.dest, t.reason, t.at_ns, window=t.window, expected=t.expected
-                )
-            )
-            if t.source == fc.State.CONNECTED:
-                self.services.session_down(t.reason)
-            elif t.dest == fc.State.CONNECTED and w is not None:
-                fresh = t.event == ci.HandshakeOk.event
+            fresh = t.event == ci.HandshakeOk.event
+            session = None
+            if t.dest == fc.State.CONNECTED and w is not None:
+                if fresh:
+                    w.session_ns = t.at_ns
+                if self.settings.warm_spare and self.workers.spare is None and self._tg:
+                    self._tg.start_soon(self.workers.add_spare, lambda: self.closing)
                 handshake = dict(self.last_handshake or {})
-                self.services.session_up(Session(w.gen, fresh, handshake, partial(self._session_request, w)))
-        self._write_status()
-        self._notify_changed()
-
-    def _notify_changed(self) -> None:
-        self.changed.set()
-        self.changed = anyio.Event()
-
-    def _notice(self, kind: NoticeKind, code: int | None, message: str) -> None:
-        now = time.monotonic_ns()
-        self.counts[f"notices_{kind}"] += 1
-        self.changes.publish(Notice(wall_time(now), kind, code, message, now))
+                session = Session(w.gen, fresh, handshake, partial(self._session_request, w))
+            self.reports.transition(t, session)
+        self.reports.settled()
 
     # ---------------------------------------------------------------------------------- tasks
 
@@ -288,8 +244,10 @@ class Driver:
                              "still holds it, the backoff waits for its release", client_id)  # fmt: skip
                 await self._reap_stale()
             case fc.NotifyDataLost():
-                self._notice(NoticeKind.data_lost, 1101, "market data was lost: re-request subscriptions")
-                self.services.data_lost()
+                self.reports.notice(
+                    NoticeKind.data_lost, 1101, "market data was lost: re-request subscriptions"
+                )
+                self.reports.services.data_lost()
             case _:
                 assert_never(action)
 
@@ -305,10 +263,9 @@ class Driver:
             return
         self.workers.current = w
         self.counts["workers_spawned"] += 1
-        self._record_worker()
-        self._write_status()
-        if adopted and w.ready_pid is not None:
+        if adopted and w.ready_pid is not None:  # the core first: its next action waits for nothing
             self._feed(w, ci.WorkerReady(w.ready_pid))
+        self.reports.worker(w.ident)
 
     async def _send_connect(self, a: fc.SendConnect) -> None:
         w = self.workers.current
@@ -341,9 +298,9 @@ class Driver:
             return
         assert resp.error is not None
         code = resp.error.code
-        self.last_error = f"{code}: {resp.error.message}"
-        log.warning("handshake failed: %s", self.last_error)
-        self._notice(NoticeKind.handshake_failed, None, self.last_error)
+        self.reports.last_error = error = f"{code}: {resp.error.message}"
+        log.warning("handshake failed: %s", error)
+        self.reports.notice(NoticeKind.handshake_failed, None, error)
         self._feed(w, ci.HandshakeFailed(HANDSHAKE_REASONS.get(code, fc.Reason.peer_closed)))
 
     async def _send_probe(self) -> None:
@@ -368,19 +325,15 @@ class Driver:
 
     async def _reap_stale(self) -> None:
         """End the stale worker a dead manager's lock file named, if it is provably ours."""
-        s = self.settings
-        pid = await reap_stale_worker(
-            self._stale,
-            addresses=self.addresses,
-            port=s.port,
-            client_id=s.client_id,
-            term_grace=s.kill_grace,
-            min_age=s.min_session,
-        )
-        if pid is not None:
+        s, addresses = self.settings, self.addresses
+        end = reap_stale_worker(self._stale, addresses=addresses, port=s.port, client_id=s.client_id,
+                                term_grace=s.kill_grace, min_age=s.min_session)  # fmt: skip
+        if (pid := await end) is not None:
             self._stale = None
             self.counts["zombies_reaped"] += 1
-            self._notice(NoticeKind.zombie_reaped, None, f"ended stale worker pid {pid} of a dead manager")
+            self.reports.notice(
+                NoticeKind.zombie_reaped, None, f"ended stale worker pid {pid} of a dead manager"
+            )
 
     # ----------------------------------------------------------------------- worker reports
 
@@ -396,8 +349,8 @@ class Driver:
             self._feed(w, ci.SessionLost())
         elif ev.event == wp.EventName.IB_ERROR:
             self._on_ib_error(w, ev.data)
-        elif self.services.routes(ev.event):
-            self.services.event(w.gen, ev)
+        elif self.reports.services.routes(ev.event):
+            self.reports.services.event(w.gen, ev)
         else:
             log.debug("worker %d: unknown event %r", w.pid, ev.event)
 
@@ -409,9 +362,7 @@ class Driver:
         if w is not self.workers.current or w.retiring or w.session_lost:
             raise SessionLost(f"{command}: that session has ended")
         if self.closing or self.core.state != fc.State.CONNECTED:
-            raise NotConnected(
-                f"{command}: the session is down ({self.core.state}, {self.core.reason or '-'})"
-            )
+            raise NotConnected(f"{command}: the session is down ({self.core.state}, {self.core.reason})")
         return await self.requests.exchange(w, p)
 
     def _on_ib_error(self, w: WorkerProcess, data: dict[str, Any]) -> None:
@@ -429,11 +380,9 @@ class Driver:
             self._feed(w, c.input)
         if c.notice == NoticeKind.client_id_in_use:
             self.counts["ib_326"] += 1
-        elif c.notice == NoticeKind.farm:
-            self.farms[code] = message
         if c.notice is not None:
-            self._notice(c.notice, code, message)
-            self._write_status()
+            self.reports.notice(c.notice, code, message)
+            self.reports.status()
         elif c.input is None and c.upstream_lost is None:
             log.info("worker %d: IB message %d: %s", w.pid, code, message)
 
@@ -446,29 +395,4 @@ class Driver:
         self._feed(w, ci.WorkerExited(), from_retiring=True)
         if self.workers.current is w:
             self.workers.current = None
-            self._record_worker()
-            self._write_status()
-
-    # ------------------------------------------------------------------------- files on disk
-
-    def _record_worker(self) -> None:
-        w = self.workers.current
-        if self._files is not None:
-            self._files.record_worker(w.ident if w else None)
-
-    def _write_status(self, *, stopped: bool = False) -> None:
-        if self._files is None:
-            return
-        self._files.write_status(
-            snapshot(
-                self.settings,
-                metrics=self.metrics(),
-                since=self._since_wall,
-                address=self.addresses[0],
-                manager=self._me,
-                farms=self.farms,
-                last_error=self.last_error,
-                stopped=stopped,
-                expected=bool(self.core.history) and self.core.history[-1].expected,
-            )
-        )
+            self.reports.worker(None)

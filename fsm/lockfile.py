@@ -233,7 +233,10 @@ class WorkerLock:
         return rec
 
     def record(self, *, worker: ProcessId | None) -> None:
-        """Rewrite every lock file in place (the flock is on the inode: no rename)."""
+        """Rewrite every lock file in place (the flock is on the inode: no rename) so that a
+        reader sees the old record or the new one, never an empty or torn file: one write of the
+        new record padded with blanks over the old one, then cut to length. Not fsync'd: the
+        record proves which worker is ours, and no worker outlives an OS crash."""
         if not self._fds:
             raise RuntimeError("lock not held")
         me = self._me
@@ -249,9 +252,9 @@ class WorkerLock:
         )
         data = rec.dumps()
         for fd in self._fds:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, data, 0)
-            os.fsync(fd)
+            old = os.fstat(fd).st_size
+            os.pwrite(fd, data.ljust(old), 0)  # JSON allows trailing blanks
+            os.ftruncate(fd, len(data))
 
     def release(self) -> None:
         """Remove each lock file that is still ours (same inode), then drop the locks."""

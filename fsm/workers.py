@@ -10,11 +10,13 @@ worker says is the driver's business: its on_event and on_exit callbacks.
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
 import anyio.abc
 
+from fsm.pids import MANAGER_ENV, ProcessId
 from fsm.process import RetireStep, WorkerProcess, retire
 from fsm.settings import Settings
 from worker import protocol as wp
@@ -31,13 +33,18 @@ class Workers:
         self,
         settings: Settings,
         argv: Sequence[str],
-        env: Mapping[str, str],
+        manager: ProcessId | None,
         on_event: Callable[[WorkerProcess, wp.Event], None],
         on_exit: Callable[[WorkerProcess], None],
         counts: Counter[str],
     ) -> None:
         self.settings = settings
-        self._argv, self._env = list(argv), dict(env)
+        # The worker's no-fast-close linger at stdin EOF follows our min_session; MANAGER_ENV is
+        # how a later manager proves a stale worker was ours (fsm.pids.born_of).
+        self._argv = list(argv)
+        self._env = {**os.environ, "IBGW_WORKER_MIN_SESSION": repr(settings.min_session)}
+        if manager is not None:
+            self._env[MANAGER_ENV] = manager.marker()
         self._on_event, self._on_exit = on_event, on_exit
         self._counts = counts
         self.current: WorkerProcess | None = None

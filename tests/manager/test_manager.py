@@ -151,6 +151,8 @@ async def test_status_snapshot_follows_transitions(tmp_path: Path, fake_argv: li
     async with ConnectionManager(s, worker_argv=fake_argv) as m:
         await m.wait_connected(10)
         await poll_until(lambda: 2104 in m.farms, 5, "the farm notice after connect")
+        # written by a thread of its own (latest wins): wait for it to catch up
+        await poll_until(lambda: "2104" in (read_status(path) or {}).get("farms", {}), 5, "the snapshot")
         snap = read_status(path)
         assert snap is not None
         assert snap["state"] == "CONNECTED" and snap["client_id"] == 7
@@ -199,6 +201,7 @@ async def test_slow_subscriber_never_blocks_the_manager(tmp_path: Path, fake_arg
             await m.wait_connected(10)
             first = await reader.__anext__()
             assert isinstance(first, StateChange)
+            await poll_until(lambda: 2104 in m.farms, 5, "the farm notice after connect")
         # SPAWNING, HANDSHAKING, CONNECTED, farm notice: only the newest two were kept
         got = [await lazy.__anext__(), await lazy.__anext__()]
         assert got[0].dropped == 2 and got[1].dropped == 0

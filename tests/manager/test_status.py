@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 
 from fsm.errors import UnsafeStateDir
+from fsm.lockfile import lock_path
 from fsm.pids import process_id
 from fsm.settings import Settings
 from fsm.statedir import MAX_STATE_FILE_BYTES, ensure_state_dir
+from fsm.statefiles import StateFiles
 from fsm.status import UNKNOWN, read_all, read_status, snapshot, status_path, write_status
 
 
@@ -151,3 +153,21 @@ def test_a_state_dir_not_ours_is_refused(tmp_path: Path, what: str) -> None:
     if what != "other_owner":  # root may read a user's dir (sudo ibgw doctor), never write it
         with pytest.raises(UnsafeStateDir, match=expected):
             read_all(d)
+
+
+def test_state_files_write_the_latest_snapshot_and_the_last_one_at_close(state_dir: Path) -> None:
+    s = Settings(host="127.0.0.1", port=4002, client_id=5, state_dir=state_dir)
+    files = StateFiles(s, ("127.0.0.1",))
+    path = status_path(state_dir, "127.0.0.1", 4002, 5)
+    files.open()
+    for i in range(200):  # handed over faster than written: the writer keeps only the newest
+        files.write_status(mine(sessions=i))
+    files.write_status(mine("IDLE", stopped=True))
+    files.close()  # writes what it was last handed, then releases the lock
+    snap = read_status(path)
+    assert snap is not None and snap["state"] == "IDLE" and snap["stopped"] is True
+    assert not lock_path(state_dir, "127.0.0.1", 4002, 5).exists()
+    files.write_status(mine("CONNECTED"))  # after close: the lock is not ours, the file is not either
+    snap = read_status(path)
+    assert snap is not None and snap["state"] == "IDLE"
+    assert [p.name for p in state_dir.iterdir()] == [path.name]  # no temp file left behind

@@ -198,6 +198,18 @@ def test_lock_records_manager_and_worker_by_start_time(state_dir: Path) -> None:
         "port": 4002,
         "client_id": 3,
     }
+    lock.record(worker=None)  # a shorter record over a longer one: cut to its own length
+    assert (
+        path.read_bytes()
+        == LockRecord(
+            manager_pid=me.pid,
+            manager_create_time=me.create_time,
+            host=HOST,
+            addresses=(HOST,),
+            port=4002,
+            client_id=3,
+        ).dumps()
+    )
     assert read_lock(path) == LockRecord.parse(path.read_bytes())
     lock.release()
 
