@@ -6,6 +6,7 @@ The public API::
     from fsm import NotConnected, SessionLost, WorkerDied, RequestTimeout, BadRequest, GatewayError
     from fsm import OrderState, Execution, ReadOnly, DuplicateOrderRef, OrderRejected, OrderNotPlaced
     from fsm import OrderInDoubt, MaintenanceWindow
+    from fsm import Stream, Quote, Bar, Trade, Gap
 
 Everything else lives in modules named for their one job (fsm.driver, fsm.process, fsm.lockfile,
 fsm.status, ...); the ``ibgw`` command is fsm.cli, which the library never imports.
@@ -39,16 +40,20 @@ from fsm.errors import (
 )
 from fsm.manager import ConnectionManager
 from fsm.settings import Settings
+from fsm.streaming import Stream
+from fsm.streams import Bar, Gap, Quote, Trade
 from worker.orders_protocol import Execution, OrderState
 
 __all__ = [
     "AlreadyRunning",
     "BadRequest",
+    "Bar",
     "Change",
     "ConnectionManager",
     "DisconnectForbidden",
     "DuplicateOrderRef",
     "Execution",
+    "Gap",
     "GatewayError",
     "IbgwError",
     "InvalidEvent",
@@ -59,6 +64,7 @@ __all__ = [
     "OrderNotPlaced",
     "OrderRejected",
     "OrderState",
+    "Quote",
     "ReadOnly",
     "Reason",
     "RemoteBindRefused",
@@ -70,7 +76,9 @@ __all__ = [
     "SettingsError",
     "State",
     "StateChange",
+    "Stream",
     "Subscription",
+    "Trade",
     "Transition",
     "UnknownHost",
     "UnsafeStateDir",

@@ -27,6 +27,7 @@ from fsm.errors import (
     SessionLost,
 )
 from worker import protocol as wp
+from worker.market_protocol import DATA_COMMAND_PARAMS
 from worker.orders_protocol import ORDER_COMMANDS, OrderCode
 
 __all__ = ["HANDSHAKE_REASONS", "check_seconds", "encode_request", "error_from"]
@@ -74,7 +75,9 @@ def encode_request(command: object, rid: int, timeout: float, params: dict[str, 
         raise DisconnectForbidden()
     if command == "connect":
         raise BadRequest("connect is the manager's own job; request() is for session commands")
-    params_type = wp.COMMAND_PARAMS.get(command) or ORDER_COMMANDS.get(command)
+    params_type = (
+        wp.COMMAND_PARAMS.get(command) or ORDER_COMMANDS.get(command) or DATA_COMMAND_PARAMS.get(command)
+    )
     if params_type is not None:
         if "timeout" in params_type.__struct_fields__:
             params.setdefault("timeout", timeout)

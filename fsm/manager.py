@@ -29,6 +29,7 @@ from fsm.orders import OrderService
 from fsm.pids import worker_label
 from fsm.process import WorkerProcess
 from fsm.settings import Settings
+from fsm.streaming import Stream, StreamService
 from worker.orders_protocol import Execution, OrderState
 
 log = logging.getLogger(__name__)
@@ -55,9 +56,11 @@ class ConnectionManager:
         base = list(worker_argv) if worker_argv else [sys.executable, "-m", "worker"]
         argv = [*base, "--label", worker_label(s.host, s.port, s.client_id)]
         self._d = Driver(settings, argv, subscriber_buffer)
-        self.services = self._d.reports.services  # fsm.services: features register here, before start
+        self.services = self._d.services  # fsm.services: features register here, before start
         self._orders = OrderService(settings, self, self._d.counts)
         self.services.add(self._orders)
+        self._streams = StreamService()
+        self.services.add(self._streams)
         self._tg: anyio.abc.TaskGroup | None = None
         self._started = self._closed = False
         self._closed_event = anyio.Event()
@@ -99,12 +102,12 @@ class ConnectionManager:
     @property
     def farms(self) -> dict[int, str]:
         """Latest message per farm status code (2103-2108, 2157, 2158)."""
-        return dict(self._d.reports.farms)
+        return dict(self._d.farms)
 
     @property
     def last_error(self) -> str | None:
         """Why the last connect failed, as the worker said it (``code: message``)."""
-        return self._d.reports.last_error
+        return self._d.last_error
 
     @property
     def last_handshake(self) -> dict[str, Any] | None:
@@ -115,6 +118,7 @@ class ConnectionManager:
         """The core's counters and durations plus the manager's own counts."""
         out = self._d.metrics()
         out["requests_in_flight"] = self._d.requests.in_flight
+        out.update(self._streams.metrics())
         return out
 
     async def wait_for(self, state: State, timeout: float | None = None) -> None:
@@ -124,14 +128,14 @@ class ConnectionManager:
             while self._d.core.state != state:
                 if self._d.closing and state != State.IDLE:
                     raise NotConnected(f"the manager shut down while waiting for {state}")
-                await self._d.reports.changed.wait()
+                await self._d.changed.wait()
 
     async def wait_connected(self, timeout: float | None = None) -> None:
         await self.wait_for(State.CONNECTED, timeout)
 
     def subscribe(self) -> Subscription:
         """State changes and notices from now on (see Subscription for the overflow rule)."""
-        return self._d.reports.changes.subscribe()
+        return self._d.changes.subscribe()
 
     # ----------------------------------------------------------------------------- requests
 
@@ -212,6 +216,20 @@ class ConnectionManager:
         its commission, including fills that happened while no session was up."""
         return self._orders.executions()
 
+    # ------------------------------------------------------------------------------ streams
+
+    def stream(
+        self, kind: str, *, buffer: int | None = None, timeout: float | None = None, **contract: Any
+    ) -> Stream:
+        """``async with m.stream("quotes", symbol="AAPL") as s: async for item in s:`` Quote,
+        Bar or Trade items (kind "quotes", "bars_5s", "trades"; the contract as for qualify), and
+        a Gap(since, until, reason) wherever the flow broke; it lives through respawns, new
+        sessions and 1101 (see fsm.streaming). BadRequest at once for a bad kind or contract;
+        entering while connected raises a refusal at once (GatewayError: no_security_definition,
+        no_market_data_permission, market_data_lines...). ``buffer``: bars/trades kept for a slow
+        reader (default 1000; quotes conflate); ``s.dropped`` counts what it lost."""
+        return self._streams.stream(kind, buffer=buffer, timeout=timeout, **contract)
+
     # ---------------------------------------------------------------------------------- life
 
     async def shutdown(self) -> None:
@@ -237,7 +255,7 @@ class ConnectionManager:
         ms = self.settings.min_session
         with anyio.move_on_after(ms):
             while self.state == State.HANDSHAKING and self._d.workers.current is not None:
-                await self._d.reports.changed.wait()
+                await self._d.changed.wait()
         w = self._d.workers.current
         if w is None or w.session_ns is None or w.session_lost or w.retiring:
             return
