@@ -56,7 +56,7 @@ class ConnectionManager:
         base = list(worker_argv) if worker_argv else [sys.executable, "-m", "worker"]
         argv = [*base, "--label", worker_label(s.host, s.port, s.client_id)]
         self._d = Driver(settings, argv, subscriber_buffer)
-        self.services = self._d.services  # fsm.services: features register here, before start
+        self.services = self._d.reports.services  # fsm.services: features register here, before start
         self._orders = OrderService(settings, self, self._d.counts)
         self.services.add(self._orders)
         self._streams = StreamService()
@@ -102,12 +102,12 @@ class ConnectionManager:
     @property
     def farms(self) -> dict[int, str]:
         """Latest message per farm status code (2103-2108, 2157, 2158)."""
-        return dict(self._d.farms)
+        return dict(self._d.reports.farms)
 
     @property
     def last_error(self) -> str | None:
         """Why the last connect failed, as the worker said it (``code: message``)."""
-        return self._d.last_error
+        return self._d.reports.last_error
 
     @property
     def last_handshake(self) -> dict[str, Any] | None:
@@ -128,14 +128,14 @@ class ConnectionManager:
             while self._d.core.state != state:
                 if self._d.closing and state != State.IDLE:
                     raise NotConnected(f"the manager shut down while waiting for {state}")
-                await self._d.changed.wait()
+                await self._d.reports.changed.wait()
 
     async def wait_connected(self, timeout: float | None = None) -> None:
         await self.wait_for(State.CONNECTED, timeout)
 
     def subscribe(self) -> Subscription:
         """State changes and notices from now on (see Subscription for the overflow rule)."""
-        return self._d.changes.subscribe()
+        return self._d.reports.changes.subscribe()
 
     # ----------------------------------------------------------------------------- requests
 
@@ -255,7 +255,7 @@ class ConnectionManager:
         ms = self.settings.min_session
         with anyio.move_on_after(ms):
             while self.state == State.HANDSHAKING and self._d.workers.current is not None:
-                await self._d.changed.wait()
+                await self._d.reports.changed.wait()
         w = self._d.workers.current
         if w is None or w.session_ns is None or w.session_lost or w.retiring:
             return
