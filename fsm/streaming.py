@@ -123,7 +123,7 @@ class StreamService(services.Service):
     def __init__(self) -> None:
         self.registry = Registry()
         self._session: services.Session | None = None  # the session while it is up
-        self._last: services.Session | None = None  # the latest session (its worker generation)
+        self._unsent: list[Command] = []  # unsubscribes for the session that is down (1100)
         self._tg: anyio.abc.TaskGroup | None = None
         self._closed = False
 
@@ -168,7 +168,11 @@ class StreamService(services.Service):
             raise st.error
 
     def stop(self, st: StreamState) -> None:
-        self._send(self._session, self.registry.close(st))
+        cmds = self.registry.close(st)
+        if self._session is None:
+            self._unsent += cmds  # sent if the same session comes back (1102), else gone with it
+        else:
+            self._send(self._session, cmds)
 
     # ---- session hooks (fsm.services)
 
@@ -176,9 +180,12 @@ class StreamService(services.Service):
         self._tg = tg
 
     def on_session_up(self, session: services.Session) -> None:
-        self._session = self._last = session
+        self._session = session
+        unsent, self._unsent = self._unsent, []
         if session.new:
             self._send(session, self.registry.resubscribe_plan(session.generation, same_session=False))
+        else:
+            self._send(session, unsent)
 
     def on_data_lost(self) -> None:
         self.registry.on_break(_now(), "data_lost")  # when no 1100 came first

@@ -179,3 +179,16 @@ async def _take(s: Stream, n: int) -> list[Any]:
             if len(out) == n:
                 break
     return out
+
+
+async def test_a_stream_left_while_ib_is_unreachable_is_unsubscribed_when_it_is_back(tmp_path: Path) -> None:
+    async with running(tmp_path) as (gw, m):
+        async with m.stream("quotes", symbol="AAPL") as s:
+            await _take(s, 1)
+            assert quote_feeds(gw)
+            gw.connectivity_lost()
+            await m.wait_for(State.DEGRADED_RED, T)
+        gw.connectivity_restored(False)  # 1102: the same session, its subscriptions kept
+        await m.wait_connected(T)
+        await gw.wait_until(lambda g: not quote_feeds(g), T)  # and ours cancelled there
+        assert m.metrics()["streams_open"] == 0
