@@ -142,14 +142,14 @@ class OrderDesk:
         return "" if status == OrderStatus.ValidationError else status
 
     def state(self, trade: Trade) -> OrderState:
-        """The order with the broker's status (not ib_async's reading of errors and warnings)."""
+        """The order with the broker's status (not ib_async's reading of errors and warnings)
+        and its permId from whichever of openOrder / orderStatus brought it."""
         st = order_state(trade)
-        status = self.status_of(trade)
-        if status == st.status:
+        status, perm_id = self.status_of(trade), perm_of(trade)
+        if (status, perm_id) == (st.status, st.perm_id):
             return st
-        return msgspec.structs.replace(
-            st, status=status, remaining=0.0 if status in TERMINAL else st.remaining
-        )
+        remaining = 0.0 if status in TERMINAL else st.remaining
+        return msgspec.structs.replace(st, status=status, perm_id=perm_id, remaining=remaining)
 
     def mine(self, trade: Trade) -> bool:
         return trade.order.clientId == self.client_id and trade.order.orderId > 0
@@ -266,6 +266,11 @@ class OrderDesk:
             w.offer(kind, code, message)
 
 
+def perm_of(trade: Trade) -> int:
+    """The broker's permId: ib_async copies it into the order from openOrder only."""
+    return trade.order.permId or trade.orderStatus.permId
+
+
 def order_for(p: PlaceOrderParams) -> Order:
     common: dict[str, Any] = {"orderRef": p.order_ref, "tif": p.tif, "outsideRth": p.outside_rth}
     if p.account:
@@ -337,7 +342,7 @@ class Orders:
                     f"place_order: the broker rejected order {p.order_ref!r}: [{code}] {message}",
                     ib_code=code,
                 )
-            return "ok" if trade.order.permId and d.status_of(trade) in ACKNOWLEDGED else None
+            return "ok" if perm_of(trade) and d.status_of(trade) in ACKNOWLEDGED else None
 
         await d.wait("place_order", trade.order.orderId, judge, max(0.001, deadline - loop.time()))
         return d.state(trade)
