@@ -4,6 +4,7 @@ TCP, and predictions from the same seeded price process the simulator quotes fro
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -84,7 +85,9 @@ def dsim(sim_speed: float) -> Iterator[DataSim]:
 def start_worker(
     dsim: DataSim, *, env: dict[str, str] | None = None, client_id: int = CLIENT_ID
 ) -> WorkerProcess:
-    w = WorkerProcess(label="test-data", env=env)
+    """A worker connected to the simulator (`env`: variables added to ours). At EOF it exits at
+    once: the simulator does not punish a fast close, so the tests need not linger."""
+    w = WorkerProcess(label="test-data", env={**os.environ, "IBGW_WORKER_MIN_SESSION": "0", **(env or {})})
     w.wait_ready()
     resp = w.connect(dsim.port, client_id)
     assert resp.ok, (resp, w.stderr_text())
