@@ -28,7 +28,7 @@ import itertools
 import logging
 import math
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, Final, cast
 
 from ib_async import IB, Contract, RealTimeBarList, TickByTickAllLast, Ticker
@@ -320,18 +320,6 @@ class FeedBook:
             self.emit(event(DataEvent.STREAM_ERROR, StreamErrorEvent(sub=sub, code=code, message=message)))
         if code not in STILL_STREAMING:
             self._end(feed)
-
-    def snapshot(self) -> Mapping[str, Any]:
-        return {
-            "feeds": len(self.feeds),
-            "subs": len(self.subs),
-            "lines": {"limit": self.lines.limit, "in_use": self.lines.in_use, "refused": self.lines.refused},
-            "tick_by_tick": {
-                "limit": self.tick_by_tick.limit,
-                "in_use": self.tick_by_tick.in_use,
-                "refused": self.tick_by_tick.refused,
-            },
-        }
 
 
 def _code_for(ib_code: int) -> str:

@@ -22,7 +22,6 @@ separately (3 by default). `Budget` counts holders under a limit.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Final
@@ -144,14 +143,6 @@ class Budget:
     def release(self, holder: Hashable) -> None:
         self.holders.discard(holder)
 
-    def clear(self) -> None:
-        self.holders.clear()
-
     @property
     def in_use(self) -> int:
         return len(self.holders)
-
-
-def seconds_until(at: float, now: float) -> float:
-    """A wait never negative (and never nan)."""
-    return max(0.0, at - now) if math.isfinite(at) else math.inf
