@@ -14,10 +14,11 @@ being answered are replayed to it just after the answer (quotes: the latest only
 of a live quotes feed gets the current quote.
 
 Errors for a feed's request id: 10167 flags it delayed; 354/10089/10090/10168/10197 are missing
-permissions (10090, "part of the data", keeps streaming); other errors end the feed. Before the
-answer they refuse the subscribe; after it they reach each sub as `stream_error`. A 1101 (data
-lost) ends every feed without a cancel (IB dropped them); the manager re-subscribes. A new
-session (a new IB object) starts with no feeds. Subs outlive their feed until unsubscribed.
+permissions (10090, "part of the data", keeps streaming); other errors end the feed. While no
+subscribe has been answered they refuse it; afterwards they reach each sub as `stream_error`.
+A 1101 (data lost) ends every feed without a cancel (IB dropped them); the manager subscribes
+again. A new session (a new IB object) starts with no feeds. Subs outlive their feed until
+unsubscribed.
 """
 
 from __future__ import annotations
@@ -308,7 +309,7 @@ class FeedBook:
             return
         if _informational(code):
             return
-        if not feed.confirmed.is_set():
+        if not feed.subs:  # no subscribe answered yet: the ones waiting on it are refused
             feed.refusal = CommandError(
                 _code_for(code), f"subscribe {feed.describe()}: Gateway error {code}: {message}", ib_code=code
             )
