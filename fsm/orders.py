@@ -42,7 +42,7 @@ import msgspec
 
 from fsm import services
 from fsm.commands import check_seconds
-from fsm.core import State
+from fsm.core import Reason, State
 from fsm.errors import (
     BadRequest,
     DuplicateOrderRef,
@@ -96,17 +96,13 @@ NOT_SENT = frozenset(
 )
 
 
-class Session(Protocol):
-    """What the service needs of the manager."""
+class Manager(Protocol):
+    """What the service needs of the manager (requests go to the session, fsm.services)."""
 
     @property
     def state(self) -> State: ...
 
     async def wait_connected(self, timeout: float | None = None) -> None: ...
-
-    async def request(
-        self, command: str, *, timeout: float | None = None, wait: float | None = None, **params: Any
-    ) -> dict[str, Any]: ...
 
 
 class _Deadline:
@@ -123,15 +119,16 @@ class OrderService(services.Service):
 
     events = frozenset({OrderEvent.ORDER_STATUS, OrderEvent.EXECUTION, OrderEvent.ORDER_ERROR})
 
-    def __init__(self, settings: Settings, session: Session, counts: Counter[str]) -> None:
+    def __init__(self, settings: Settings, manager: Manager, counts: Counter[str]) -> None:
         self.settings = settings
-        self._session = session
+        self._manager = manager
         self.counts = counts
         for name in ORDER_COUNTERS:
             counts.setdefault(name, 0)
         self._journal: Journal | None = None
         self._process = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self._gen = 0  # sessions seen by this process
+        self._gen = 0  # new sessions seen by this process; requests are journalled with it
+        self._up: services.Session | None = None  # the session up now (requests go to it alone)
         self._in_flight: set[tuple[str, int]] = set()  # requests whose call awaits the worker
         self._resolved = anyio.Event()  # set and replaced whenever a request resolves
         self._kick = anyio.Event()  # wakes the reconciler
@@ -174,10 +171,13 @@ class OrderService(services.Service):
 
     def on_session_up(self, session: services.Session) -> None:
         """A new session (a handshake, not a 1102): requests sent before it are settled now."""
-        if not session.new:
-            return
-        self._gen += 1
-        self._kick.set()
+        self._up = session
+        if session.new:
+            self._gen += 1
+            self._kick.set()
+
+    def on_session_down(self, reason: Reason | None) -> None:
+        self._up = None
 
     def on_event(self, generation: int, ev: Event) -> None:
         """The worker's order events: statuses may resolve doubts; fills queue for delivery."""
@@ -253,7 +253,7 @@ class OrderService(services.Service):
         if o is None:
             raise BadRequest(f"order_status: no order with order_ref {order_ref!r} in the journal")
         try:
-            await self._session.wait_connected(deadline.left())
+            await self._manager.wait_connected(deadline.left())
             r = await self._reconcile_once(deadline.left())
         except (TimeoutError, IbgwError) as exc:
             if self.journal.orders[order_ref].unresolved():
@@ -306,7 +306,8 @@ class OrderService(services.Service):
         """Send one request (journalled first) and wait for its one outcome within deadline."""
         while True:
             try:
-                await self._session.wait_connected(deadline.left())
+                await self._manager.wait_connected(deadline.left())
+                session = self._session_up()
             except (TimeoutError, NotConnected):
                 raise OrderNotPlaced(
                     ref, f"{command} {ref!r}: no session within {deadline.seconds:g} s; nothing was sent"
@@ -315,7 +316,7 @@ class OrderService(services.Service):
             self._in_flight.add((ref, req.seq))
             doubt: Exception | None = None
             try:
-                data = await self._session.request(command, timeout=max(deadline.left(), 0.001), **payload)
+                data = await session.request(command, timeout=max(deadline.left(), 0.001), **payload)
             except OrderRejected as exc:
                 self.journal.outcome(ref, req.seq, "rejected", code=exc.code, message=exc.message)
                 raise OrderRejected(exc.code, exc.message, ref) from None
@@ -329,7 +330,7 @@ class OrderService(services.Service):
                 doubt = exc
             except SessionLost as exc:
                 doubt = exc
-            except NotConnected:  # no session took it: nothing was sent; try the next one
+            except NotConnected:  # the session is down (1100): nothing was sent; wait for one
                 self.journal.outcome(ref, req.seq, "not_done", message="no session; nothing was sent")
                 continue
             except IbgwError as exc:  # WorkerDied, RequestTimeout: it may have been sent
@@ -379,7 +380,7 @@ class OrderService(services.Service):
         while not self._closed:
             await self._kick.wait()
             self._kick = anyio.Event()
-            if self._session.state != State.CONNECTED:
+            if self._manager.state != State.CONNECTED:
                 continue
             if self.settings.readonly and not self.journal.unresolved():
                 continue
@@ -395,11 +396,11 @@ class OrderService(services.Service):
     async def _reconcile_once(self, timeout: float) -> Reconciliation:
         """Read the broker's orders and executions in this session and apply what they say."""
         async with self._lock:
-            token = self._token()
+            session, view_gen = self._session_up(), self._gen  # one session's word, or SessionLost
             t = max(timeout, 0.001)
-            opened = await self._session.request("open_orders", timeout=t)
-            done = await self._session.request("completed_orders", timeout=t)
-            execs = await self._session.request("executions", timeout=t)
+            opened = await session.request("open_orders", timeout=t)
+            done = await session.request("completed_orders", timeout=t)
+            execs = await session.request("executions", timeout=t)
             view = BrokerView(
                 msgspec.convert(opened, OrdersResult).orders,
                 msgspec.convert(done, OrdersResult).orders,
@@ -407,7 +408,7 @@ class OrderService(services.Service):
             )
             j = self.journal
             pending = [
-                _pending(o, r, settled=r.session != token)
+                _pending(o, r, settled=self._settled(r, view_gen))
                 for o, r in j.unresolved()
                 if (o.ref, r.seq) not in self._in_flight
             ]
@@ -471,7 +472,19 @@ class OrderService(services.Service):
     # ------------------------------------------------------------------------------ small parts
 
     def _token(self) -> str:
+        """The session a request is sent in: this process and its count of new sessions."""
         return f"{self._process}:{self._gen}"
+
+    def _settled(self, r: Request, view_gen: int) -> bool:
+        """Sent in a session older than the one the broker's view comes from (or by an earlier
+        process): it can no longer reach the broker, so its absence there is an answer."""
+        process, _, gen = r.session.rpartition(":")
+        return process != self._process or int(gen) < view_gen
+
+    def _session_up(self) -> services.Session:
+        if self._up is None:
+            raise NotConnected("no session is up")
+        return self._up
 
     def _count_doubts(self) -> None:
         self.counts["orders_in_doubt"] = len(
