@@ -24,7 +24,7 @@ import pytest
 from support.manager import fast_settings, poll_until
 from support.market import PINNED
 
-from fsm import Gap, Quote, Stream, Trade
+from fsm import BadRequest, Gap, GatewayError, Quote, Stream, Trade
 from fsm.core import State
 from fsm.manager import ConnectionManager
 from gatewaysim import GatewaySim
@@ -192,3 +192,24 @@ async def test_a_stream_left_while_ib_is_unreachable_is_unsubscribed_when_it_is_
         await m.wait_connected(T)
         await gw.wait_until(lambda g: not quote_feeds(g), T)  # and ours cancelled there
         assert m.metrics()["streams_open"] == 0
+
+
+async def test_the_data_commands_through_m_request(tmp_path: Path) -> None:
+    async with running(tmp_path) as (_, m):
+        ident = await m.request("qualify", symbol="AAPL")
+        assert ident["con_id"] == AAPL
+        bars = await m.request(
+            "historical_bars", symbol="AAPL", bar_size="1 hour", duration="1 D", timeout=10
+        )
+        assert bars["contract"] == ident and bars["bars"]
+        snap = await m.request("snapshot")
+        assert {p["symbol"] for p in snap["positions"]} == {"AAPL", "MSFT"}
+        with pytest.raises(GatewayError) as refused:
+            await m.request("qualify", symbol="DUAL")
+        assert refused.value.code == "ambiguous_contract" and "900002" in refused.value.message
+        sent = m.metrics()["requests_ok"] + m.metrics()["requests_failed"]
+        with pytest.raises(BadRequest, match="bar_size"):
+            await m.request("historical_bars", symbol="AAPL", bar_size="7 mins")
+        with pytest.raises(BadRequest):
+            m.stream("quotes", symbol="AAPL", con_id=AAPL)
+        assert m.metrics()["requests_ok"] + m.metrics()["requests_failed"] == sent  # nothing was sent
