@@ -18,8 +18,8 @@ import time
 from typing import Any
 
 import pytest
-from conftest import AAPL, ACCOUNT, CLIENT_ID, MSFT, DataSim, event_fields, start_worker
 from ib_async import Contract, LimitOrder
+from support.data import AAPL, ACCOUNT, CLIENT_ID, MSFT, DataSim, event_fields, start_worker
 from support.market import never_disconnecting_ib
 from support.worker_process import WorkerProcess
 
