@@ -460,4 +460,5 @@ async def test_soak_random_faults_with_24_callers(
     assert not lock_path(state_dir, HOST, sim.port, CID).exists()
     assert [s["path"] for s in read_all(state_dir) if s["manager_alive"] or not s["stopped"]] == []
     assert sorted(p.name for p in state_dir.iterdir() if "lock" in p.name) == []
-    assert fds_after == fds_before
+    # <=, not ==: an fd of the previous test (a closing pipe or socket) may still be open at the start
+    assert fds_after <= fds_before
