@@ -3,6 +3,7 @@ pinned trading-day clock with a trading manager on it, and limits its market wil
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -25,7 +26,11 @@ LOW = round(AAPL.base_price * 0.5, 2)  # a BUY limit no price in a test's lifeti
 
 
 class OrderWorker(WorkerProcess):
-    """A worker process with order helpers."""
+    """A worker process with order helpers; it exits at EOF without lingering (the simulator here
+    does not watch for fast closes)."""
+
+    def __init__(self, *, label: str) -> None:
+        super().__init__(label=label, env={**os.environ, "IBGW_WORKER_MIN_SESSION": "0"})
 
     def connect_rw(self, port: int, client_id: int, *, readonly: bool = False) -> Response:
         resp = self.call(
