@@ -39,8 +39,8 @@ HANDSHAKE_REASONS: Mapping[str, Reason] = {
     wp.Code.NOT_A_GATEWAY: Reason.api_unresponsive,  # something answers, but not the API
     wp.Code.CLIENT_ID_IN_USE: Reason.client_id_in_use,
     wp.Code.CONNECTION_REFUSED: Reason.refused,
-    wp.Code.DNS_FAILURE: Reason.refused,  # no Gateway can be reached by that name
-    wp.Code.SERVER_VERSION_TOO_OLD: Reason.refused,  # the Gateway is too old for ib_async
+    wp.Code.DNS_FAILURE: Reason.unknown_host,
+    wp.Code.SERVER_VERSION_TOO_OLD: Reason.gateway_too_old,
     wp.Code.PEER_CLOSED: Reason.peer_closed,
     wp.Code.SESSION_LOST: Reason.peer_closed,
 }

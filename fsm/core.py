@@ -13,7 +13,7 @@ Rules the table below encodes (each one a property test in tests/test_core_*.py)
 - HANDSHAKING ends at entry + handshake_timeout at the latest (integer ns, no rounding slack).
 - Backoff is gRPC's (1 s, x1.6, +-20 % jitter, max 120 s), grows per failed attempt and resets
   only after `stable_period` continuously CONNECTED (OVS's rule), so flapping cannot turn into
-  rapid connect -> close cycles. A session younger than `min_session` is never retired.
+  rapid connect -> close cycles. A Gateway too old for ib_async goes straight to the max. A session younger than `min_session` is never retired.
 - Fast respawn: a worker that exits after its session was stable (CONNECTED for stable_period)
   is respawned at once (guard `stable_session`): the Gateway was fine, our process was not. The
   new worker has no stable session yet, so a second failure backs off as above and a crash loop
@@ -436,11 +436,12 @@ class _Model:
         +-jitter is applied to it (so at the cap a delay is 96-144 s), dispersing retries."""
         s = self.settings
         self.failures += 1
-        self.backoff_s = (
-            s.backoff_initial
-            if self.failures == 1
-            else min(self.backoff_s * s.backoff_multiplier, s.backoff_max)
-        )
+        if self.reason is Reason.gateway_too_old:  # it will not upgrade itself: ask seldom
+            self.backoff_s = s.backoff_max
+        elif self.failures == 1:
+            self.backoff_s = s.backoff_initial
+        else:
+            self.backoff_s = min(self.backoff_s * s.backoff_multiplier, s.backoff_max)
         self.retry_at = self.now + self._delay_ns()
 
     def _delay_ns(self) -> int:

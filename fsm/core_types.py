@@ -20,6 +20,8 @@ class State(StrEnum):
 class Reason(StrEnum):
     api_unresponsive = "api_unresponsive"
     refused = "refused"
+    gateway_too_old = "gateway_too_old"
+    unknown_host = "unknown_host"
     client_id_in_use = "client_id_in_use"
     peer_closed = "peer_closed"
     worker_exited = "worker_exited"
@@ -43,7 +45,14 @@ GATEWAY_REASONS = frozenset(
 process or the owner."""
 
 HANDSHAKE_FAILURES = frozenset(
-    {Reason.api_unresponsive, Reason.refused, Reason.client_id_in_use, Reason.peer_closed}
+    {
+        Reason.api_unresponsive,
+        Reason.refused,
+        Reason.gateway_too_old,
+        Reason.unknown_host,
+        Reason.client_id_in_use,
+        Reason.peer_closed,
+    }
 )
 """Reasons a driver may pass to handshake_failed()."""
 

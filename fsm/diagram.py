@@ -36,6 +36,8 @@ STATES = {
 REASONS = {
     Reason.api_unresponsive: "the handshake deadline passed (the Gateway API layer is RED)",
     Reason.refused: "the TCP connection was refused",
+    Reason.gateway_too_old: "the Gateway's API version is too old for ib_async: retried at the max backoff",
+    Reason.unknown_host: "the Gateway's host name did not resolve (in the worker)",
     Reason.client_id_in_use: "error 326: our client id is held (zombie); the retry reaps our own stale workers first",
     Reason.peer_closed: "the Gateway closed the socket",
     Reason.worker_exited: "the worker process exited on its own",

@@ -360,7 +360,12 @@ class Driver:
         self.check_tags()
         if m["retry_at_ns"] is not None and self.retry_at is None:  # newly armed
             self.armed_at, self.armed_backoff = now, m["backoff_ns"]
-            self.window_since_armed = self.window is not None
+            # armed on entering DEGRADED_RED, under the window that transition was tagged with: a
+            # maintenance input fires its due expiries under the old window before it changes it
+            armed_by = next((t for t in reversed(history) if t.dest is RED), None)
+            self.window_since_armed = self.window is not None or (
+                armed_by is not None and armed_by.window is not None
+            )
             assert m["backoff_ns"] > 0, "a retry deadline armed with no backoff"
         if self.window is not None and m["retry_at_ns"] is not None:
             held = 0  # a young session holds the retry back (min_session)

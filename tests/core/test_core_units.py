@@ -130,6 +130,26 @@ def test_326_reaps_zombies_and_keeps_the_client_id() -> None:
     assert c.metrics(3 * S)["client_id_in_use"] == 1
 
 
+def test_a_gateway_too_old_backs_off_at_the_max_an_unknown_host_as_refused() -> None:
+    c = new()
+    c.start(0)
+    c.worker_ready(0, pid=1)
+    c.handshake_failed(S, Reason.gateway_too_old)  # it will not upgrade itself: ask seldom
+    assert c.reason is Reason.gateway_too_old and c.next_deadline() == S + 120 * S
+    assert not c.history[-1].expected
+    c.tick(121 * S)
+    c.worker_exited(121 * S)
+    c.worker_ready(122 * S, pid=2)
+    c.handshake_failed(123 * S, Reason.unknown_host)  # the next failure stays at the max
+    assert c.reason is Reason.unknown_host and c.next_deadline() == 123 * S + 120 * S
+    fresh = new()
+    fresh.start(0)
+    fresh.worker_ready(0, pid=1)
+    fresh.handshake_failed(S, Reason.unknown_host)  # a name that may resolve again: as refused
+    assert fresh.next_deadline() == 2 * S
+    assert fresh.metrics(S)["red_by_reason"]["unknown_host"] == 1
+
+
 def test_no_second_worker_while_one_is_alive() -> None:
     c = new()
     t = connected(c)

@@ -98,6 +98,8 @@ async def test_request_can_wait_for_the_session(tmp_path: Path, fake_argv: list[
         ("handshake_timeout", Reason.api_unresponsive),
         ("client_id_in_use", Reason.client_id_in_use),
         ("connection_refused", Reason.refused),
+        ("server_version_too_old", Reason.gateway_too_old),
+        ("dns_failure", Reason.unknown_host),
         ("peer_closed", Reason.peer_closed),
         ("internal_error", Reason.peer_closed),
     ],
