@@ -92,7 +92,7 @@ def test_run_prints_why_a_connect_failed(tmp_path: Path, runs: list[Run]) -> Non
     with running(too_old_gateway) as peer:
         run = Run(peer.port, tmp_path)
         runs.append(run)
-        failed = "HANDSHAKING --handshake_failed--> DEGRADED_RED  (refused)"
+        failed = "HANDSHAKING --handshake_failed--> DEGRADED_RED  (gateway_too_old)"
 
         def told() -> bool:
             out = "".join(run.out.seen)

@@ -85,7 +85,7 @@ def test_readyz_is_503_with_the_state_and_reason_while_the_gateway_refuses(
         assert ready.status == 503, ready.text
         body = ready.json()
         assert (body["status"], body["ready"]) == ("not_ready", False)
-        assert (body["state"], body["reason"]) == ("DEGRADED_RED", "refused")
+        assert (body["state"], body["reason"]) == ("DEGRADED_RED", "gateway_too_old")
         assert body["expected"] is False  # outside any maintenance window: an alarm
         assert run.stop() == 0
 
