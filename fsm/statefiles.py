@@ -25,6 +25,7 @@ log = logging.getLogger("fsm.manager")
 __all__ = ["StateFiles"]
 
 WRITE_WAIT = 5.0  # s close() waits for the last snapshot to be written
+WRITE_SETTLE = 0.005  # s a snapshot may wait for the next one (a respawn's transitions take ~1 ms)
 
 
 class StateFiles:
@@ -60,8 +61,9 @@ class StateFiles:
         with self._cond:
             if not self._held:
                 return
+            if self._latest is None:  # else the writer is settling and takes this one
+                self._cond.notify()
             self._latest = snap
-            self._cond.notify()
         if self._writer is None:
             self._writer = threading.Thread(target=self._write_loop, name="ibgw-status", daemon=True)
             self._writer.start()
@@ -71,6 +73,8 @@ class StateFiles:
             with self._cond:
                 while self._latest is None and self._held:
                     self._cond.wait()
+                if self._held:  # let the burst that woke us settle: one write of its end state
+                    self._cond.wait(WRITE_SETTLE)
                 snap, self._latest = self._latest, None
             if snap is None:  # closed, and everything handed over is written
                 return
