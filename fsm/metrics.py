@@ -23,7 +23,7 @@ from prometheus_client.registry import CollectorRegistry
 from fsm.core import State, Transition
 from fsm.settings import Settings
 
-__all__ = ["COUNTERS", "ManagerCollector", "MetricsSource", "registry_for"]
+__all__ = ["COUNTERS", "GAUGES", "ManagerCollector", "MetricsSource", "registry_for"]
 
 IDENTITY = ("host", "port", "client_id")
 
@@ -43,6 +43,36 @@ COUNTERS: Mapping[str, tuple[str, str]] = {
     "workers_spawned": ("ibgw_workers_spawned", "Worker processes adopted for a session."),
     "spawn_failures": ("ibgw_spawn_failures", "Worker processes that could not be started."),
     "fast_respawns": ("ibgw_fast_respawns", "Respawns without backoff: a stable session's worker died."),
+    "stream_gaps": ("ibgw_stream_gaps", "Gaps delivered to stream readers (the flow broke and resumed)."),
+    "streams_restored": ("ibgw_streams_restored", "Stream subscriptions answered again after a break."),
+    "stream_items_dropped": (
+        "ibgw_stream_items_dropped",
+        "Stream items a slow reader lost to its buffer's bound (quotes: conflated).",
+    ),
+    "orders_resolved": (
+        "ibgw_orders_resolved",
+        "Order requests whose outcome a reconciliation or a live status settled after the call.",
+    ),
+    "fills_recovered": (
+        "ibgw_fills_recovered",
+        "Executions found by reconciliation that no live event had brought (e.g. a fill while away).",
+    ),
+    "reconciliations": (
+        "ibgw_reconciliations",
+        "Reconciliations with the broker (one after each new session).",
+    ),
+}
+
+#: Plain gauges: ``m.metrics()`` key -> (metric name, help); exported when the manager has the key.
+GAUGES: Mapping[str, tuple[str, str]] = {
+    "requests_in_flight": ("ibgw_requests_in_flight", "request() calls waiting for an answer."),
+    "failures": ("ibgw_consecutive_failures", "Failures since the last stable session (drives the backoff)."),
+    "streams_open": ("ibgw_streams_open", "Streams open now (m.stream blocks entered and not left)."),
+    "longest_gap_s": ("ibgw_stream_longest_gap_seconds", "The longest Gap of the streams open now."),
+    "orders_in_doubt": (
+        "ibgw_orders_in_doubt",
+        "Order requests sent whose outcome no session has told yet (never re-sent; order_status resolves).",
+    ),
 }
 
 #: Counters that share one family with a label: family -> (help, label, {label value: key}).
@@ -175,18 +205,9 @@ class ManagerCollector:
             [],
             [([], float(bool(m.get("worker_alive"))))],
         )
-        yield self._gauge(
-            "ibgw_requests_in_flight",
-            "request() calls waiting for an answer.",
-            [],
-            [([], float(m.get("requests_in_flight", 0)))],
-        )
-        yield self._gauge(
-            "ibgw_consecutive_failures",
-            "Failures since the last stable session (drives the backoff).",
-            [],
-            [([], float(m.get("failures", 0)))],
-        )
+        for key, (name, doc) in GAUGES.items():
+            if key in m:
+                yield self._gauge(name, doc, [], [([], float(m[key]))])
         yield self._gauge(
             "ibgw_backoff_seconds",
             "The current backoff base delay (before jitter).",

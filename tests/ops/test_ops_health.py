@@ -4,6 +4,8 @@ real TCP to gatewaysim) driven through faults, on asyncio and trio."""
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import socket
 from functools import partial
 from pathlib import Path
@@ -13,8 +15,10 @@ import pytest
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from support.http import HttpConnection, http_get
-from support.manager import assert_clean_exit, fast_settings
+from support.manager import assert_clean_exit, fast_settings, poll_until
+from support.orders import limit, on_sim_order, trading
 
+from fsm import Execution, Gap, Stream
 from fsm.core import State
 from fsm.errors import IbgwError, RemoteBindRefused, RequestTimeout, ServeError
 from fsm.health import run_health, serve_health
@@ -129,6 +133,78 @@ async def test_probes_follow_the_manager_through_faults(tmp_path: Path) -> None:
         await assert_clean_exit(m, sim)
     # a per-manager registry: nothing of ours in prometheus_client's global one
     assert b"ibgw_" not in generate_latest(REGISTRY)
+
+
+class Reader:
+    """Reads a stream into `items` in a task of its own."""
+
+    def __init__(self, s: Stream) -> None:
+        self.s = s
+        self.items: list[object] = []
+
+    async def run(self) -> None:
+        async for e in self.s:
+            self.items.append(e)
+
+    def gaps(self) -> list[Gap]:
+        return [e for e in self.items if isinstance(e, Gap)]
+
+    def resumed(self, gaps: int) -> bool:
+        """The n-th Gap has come, and 3 items after it."""
+        last = max((i for i, e in enumerate(self.items) if isinstance(e, Gap)), default=len(self.items))
+        return len(self.gaps()) == gaps and len(self.items) - last > 3
+
+
+async def test_metrics_count_a_streams_gaps_and_the_orders(tmp_path: Path) -> None:
+    """A quote stream open while an order's worker is SIGKILLed the moment the simulator takes
+    it (resolved by the next session's reconciliation: one gap) and while the Gateway is down
+    and the order fills (found by reconciliation: a second gap); /metrics says so."""
+    async with (
+        trading(tmp_path, client_id=CID) as (sim, m),
+        serve_health(m, HOST, 0) as server,
+        anyio.create_task_group() as tg,
+    ):
+        fills: list[Execution] = []
+
+        async def collect() -> None:
+            async for x in m.executions():
+                fills.append(x)
+
+        tg.start_soon(collect)
+        async with m.stream("quotes", symbol="AAPL") as s:
+            r = Reader(s)
+            tg.start_soon(r.run)
+            await poll_until(lambda: len(r.items) >= 3, 20, "first quotes")
+            pid = m.worker_pid
+            assert pid is not None
+            on_sim_order(sim, "met-1", lambda: os.kill(pid, signal.SIGKILL))
+            placed = await m.place_order(**limit("met-1"), timeout=20)
+            assert placed.status == "Submitted" and m.worker_pid != pid
+            await poll_until(lambda: r.resumed(1), 20, "the stream after the SIGKILL")
+
+            sim.down_for(0.5)
+            await sim.wait_until(lambda gw: not gw.sessions, 10)
+            sim.fill_order("met-1")  # while no session is up: found by the next reconciliation
+            await poll_until(lambda: len(fills) == 1 and r.resumed(2), 20, "the fill and the stream")
+
+            samples = await scrape(server.port)
+            now = m.metrics()
+            assert [g.reason for g in r.gaps()] == ["worker_exited", "peer_closed"]
+            assert value(samples, "ibgw_stream_gaps_total") == 2 == now["stream_gaps"]
+            assert value(samples, "ibgw_streams_restored_total") == 2 == now["streams_restored"]
+            assert value(samples, "ibgw_streams_open") == 1
+            assert value(samples, "ibgw_stream_items_dropped_total") == now["stream_items_dropped"]
+            longest = max((g.until - g.since).total_seconds() for g in r.gaps())
+            assert longest > 0 and value(samples, "ibgw_stream_longest_gap_seconds") == pytest.approx(longest)
+            assert value(samples, "ibgw_orders_resolved_total") == 1 == now["orders_resolved"]
+            assert value(samples, "ibgw_orders_in_doubt") == 0 == now["orders_in_doubt"]
+            assert value(samples, "ibgw_fills_recovered_total") == 1 == now["fills_recovered"]
+            assert value(samples, "ibgw_reconciliations_total") == now["reconciliations"] >= 3
+            assert value(samples, "ibgw_sessions_total") == 3
+            assert value(samples, "ibgw_requests_total", outcome="ok") == now["requests_ok"] > 0
+        samples = await scrape(server.port)
+        assert value(samples, "ibgw_streams_open") == 0
+        tg.cancel_scope.cancel()
 
 
 async def test_other_paths_and_methods_are_answered_not_guessed(tmp_path: Path) -> None:
