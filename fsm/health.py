@@ -26,9 +26,10 @@ import math
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -41,6 +42,7 @@ from prometheus_client import make_asgi_app
 
 from fsm.core import State
 from fsm.errors import RemoteBindRefused, ServeError
+from fsm.maintenance import HasWindows, Window, in_window, next_change
 from fsm.metrics import MetricsSource, registry_for, wall_time
 
 __all__ = [
@@ -50,6 +52,7 @@ __all__ = [
     "HealthApp",
     "HealthServer",
     "liveness",
+    "maintenance_ends",
     "parse_address",
     "readiness",
     "run_health",
@@ -64,6 +67,10 @@ SHUTDOWN_GRACE = 2.0
 """Seconds a stopping server gives open connections (hypercorn's graceful_timeout) and itself."""
 
 PATHS = ("/livez", "/readyz", "/metrics")
+MAX_EDGES = 64
+"""Window edges walked to find where maintenance ends (overlapping windows chain)."""
+
+Windows = HasWindows | Iterable[Window]
 
 # ------------------------------------------------------------------------------------- answers
 
@@ -85,21 +92,21 @@ def liveness(metrics: Mapping[str, Any]) -> Answer:
     return Answer(200 if alive else 503, body)
 
 
-def readiness(metrics: Mapping[str, Any], now: float | None = None) -> Answer:
+def readiness(metrics: Mapping[str, Any], windows: Windows, now: float | None = None) -> Answer:
     """/readyz: 200 when CONNECTED (a session is up and not waiting for IB to restore it);
     otherwise 503 with the state and the reason.
 
     Inside a maintenance window (``metrics["maintenance_window"]``: the core's name for the
     window in force) a missing session is expected: still 503, but ``status`` is
-    ``"maintenance"`` and ``expected`` is true, and when the manager says when the window ends
-    (``metrics["maintenance_ends"]``, epoch seconds) a ``Retry-After`` header says so too.
-    Connected inside a window stays 200 and names the window.
+    ``"maintenance"`` and ``expected`` is true, and a ``Retry-After`` header says when the
+    maintenance ends (``maintenance_ends`` of ``windows``, the manager's settings). Connected
+    inside a window stays 200 and names the window and its end.
     """
     now = time.time() if now is None else now
     state = metrics["state"]
     since = metrics.get("since_ns")
     window = metrics.get("maintenance_window")
-    ends = metrics.get("maintenance_ends")
+    ends = None if window is None else maintenance_ends(windows, now)
     ready = state == State.CONNECTED
     body: dict[str, Any] = {
         "status": "ready" if ready else "maintenance" if window else "not_ready",
@@ -112,9 +119,23 @@ def readiness(metrics: Mapping[str, Any], now: float | None = None) -> Answer:
         "maintenance": None if window is None else {"window": window, "ends": ends},
     }
     headers: tuple[tuple[str, str], ...] = ()
-    if window is not None and not ready and isinstance(ends, (int, float)):
+    if window is not None and not ready and ends is not None:
         headers = (("retry-after", str(max(1, math.ceil(ends - now)))),)
     return Answer(200 if ready else 503, body, headers)
+
+
+def maintenance_ends(windows: Windows, now: float) -> float | None:
+    """When no window is in force any more (epoch seconds), from ``now`` (epoch seconds): the
+    first window edge outside every window, as windows may overlap or abut (fsm.maintenance);
+    ``now`` if none is in force; None if maintenance never ends within MAX_EDGES edges."""
+    t: datetime | None = datetime.fromtimestamp(now, UTC)
+    for _ in range(MAX_EDGES):
+        if t is None:
+            return None
+        if in_window(windows, t) is None:
+            return t.timestamp()
+        t = next_change(windows, t)
+    return None
 
 
 # ------------------------------------------------------------------------------------ ASGI app
@@ -142,7 +163,7 @@ class HealthApp:
         elif path == "/livez":
             answer = liveness(self._m.metrics())
         elif path == "/readyz":
-            answer = readiness(self._m.metrics())
+            answer = readiness(self._m.metrics(), self._m.settings)
         else:
             answer = Answer(404, {"error": f"no such path: {path}", "paths": list(PATHS)})
         await _send_json(send, answer)

@@ -3,12 +3,15 @@ real TCP to gatewaysim) driven through faults, on asyncio and trio."""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import signal
 import socket
+import time
 from functools import partial
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import anyio
 import pytest
@@ -22,6 +25,7 @@ from fsm import Execution, Gap, Stream
 from fsm.core import State
 from fsm.errors import IbgwError, RemoteBindRefused, RequestTimeout, ServeError
 from fsm.health import run_health, serve_health
+from fsm.maintenance import Window
 from fsm.manager import ConnectionManager
 from gatewaysim import GatewaySim
 
@@ -133,6 +137,42 @@ async def test_probes_follow_the_manager_through_faults(tmp_path: Path) -> None:
         await assert_clean_exit(m, sim)
     # a per-manager registry: nothing of ours in prometheus_client's global one
     assert b"ibgw_" not in generate_latest(REGISTRY)
+
+
+async def test_inside_a_window_readyz_says_maintenance_and_when_to_retry(tmp_path: Path) -> None:
+    """A window around now: connected, ready and named; IB unreachable (1100), 503 "maintenance",
+    expected, with Retry-After until the window's end; back when IB is."""
+    now = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
+    hour = dt.timedelta(hours=1)
+    window = Window("test-window", (now - hour).time(), (now + hour).time(), ZoneInfo("UTC"))
+    ends = (now + hour).timestamp()
+    async with GatewaySim() as sim:
+        settings = fast_settings(tmp_path, sim.port, CID, maintenance=(window,))
+        async with ConnectionManager(settings) as m, serve_health(m, HOST, 0) as server:
+            await m.wait_connected(20)
+            status, body = await readyz(server.port)
+            assert status == 200 and body["status"] == "ready" and body["expected"] is False
+            assert body["maintenance"] == {"window": "test-window", "ends": ends}
+
+            sim.connectivity_lost()
+            await m.wait_for(State.DEGRADED_RED, 10)
+            reply = await http_get(server.port, "/readyz")
+            left = ends - time.time()
+            body = reply.json()
+            assert reply.status == 503 and body["status"] == "maintenance" and body["expected"] is True
+            assert body["state"] == "DEGRADED_RED" and body["reason"] == "connectivity_lost"
+            assert body["maintenance"] == {"window": "test-window", "ends": ends}
+            assert left - 2 <= int(reply.headers["retry-after"]) <= left + 1
+            samples = await scrape(server.port)
+            assert value(samples, "ibgw_maintenance") == 1
+            red = {"source": "CONNECTED", "dest": "DEGRADED_RED", "reason": "connectivity_lost"}
+            assert value(samples, "ibgw_transitions_total", expected="true", **red) == 1
+
+            sim.connectivity_restored(data_lost=False)
+            await m.wait_connected(10)
+            reply = await http_get(server.port, "/readyz")
+            assert reply.status == 200 and "retry-after" not in reply.headers
+        await assert_clean_exit(m, sim)
 
 
 class Reader:

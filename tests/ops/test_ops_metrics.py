@@ -3,9 +3,11 @@ over a real core's bounded history, and address parsing for `--serve`."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from prometheus_client import generate_latest
@@ -13,7 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fsm.core import HISTORY_LIMIT, ConnectionCore, Reason, State, Transition
 from fsm.errors import ServeError
-from fsm.health import DEFAULT_HOST, DEFAULT_PORT, liveness, parse_address, readiness
+from fsm.health import DEFAULT_HOST, DEFAULT_PORT, liveness, maintenance_ends, parse_address, readiness
+from fsm.maintenance import Window
 from fsm.metrics import registry_for, request_counts
 from fsm.settings import Settings
 
@@ -108,13 +111,13 @@ def test_a_loss_inside_a_maintenance_window_is_expected(tmp_path: Path) -> None:
         if name == "ibgw_transitions_total" and labels["dest"] == "DEGRADED_RED"
     ]
     assert lost == ("peer_closed", "true", 1)
-    answer = readiness(source.metrics())
+    answer = readiness(source.metrics(), source.settings)
     assert answer.status == 503 and answer.body["status"] == "maintenance"
-    assert answer.body["maintenance"] == {"window": window.name, "ends": None}
+    assert answer.body["maintenance"]["window"] == window.name
     source.step("maintenance", None)
     (gauge,) = [v for name, _, v in samples(source) if name == "ibgw_maintenance"]
     assert gauge == 0
-    assert readiness(source.metrics()).body["status"] == "not_ready"
+    assert readiness(source.metrics(), source.settings).body["status"] == "not_ready"
 
 
 def test_requests_by_command_when_the_manager_counts_them() -> None:
@@ -131,46 +134,65 @@ def test_requests_by_command_when_the_manager_counts_them() -> None:
 def test_ready_only_when_connected(tmp_path: Path) -> None:
     source = CoreSource(tmp_path)
     source.step("start")
-    answer = readiness(source.metrics())
+    answer = readiness(source.metrics(), source.settings)
     assert answer.status == 503 and answer.body["state"] == "SPAWNING" and answer.headers == ()
     source.step("worker_ready", 4242)
     source.step("handshake_ok")
-    answer = readiness(source.metrics())
+    answer = readiness(source.metrics(), source.settings)
     assert answer.status == 200 and answer.body["status"] == "ready" and answer.body["client_id"] == 9
     source.step("connectivity_lost")  # a live session waiting for IB to restore it is not ready
-    answer = readiness(source.metrics())
+    answer = readiness(source.metrics(), source.settings)
     assert answer.status == 503
     assert answer.body["status"] == "not_ready" and answer.body["reason"] == Reason.connectivity_lost
     assert answer.body["expected"] is False
 
 
+GATEWAY_RESTART = Window("gateway-restart", dt.time(23, 44), dt.time(23, 55), ZoneInfo("UTC"))
+AT_2350 = dt.datetime(2026, 3, 4, 23, 50, tzinfo=dt.UTC).timestamp()  # inside GATEWAY_RESTART
+
+
 def test_inside_a_maintenance_window_the_answer_says_so(tmp_path: Path) -> None:
-    source = CoreSource(tmp_path, maintenance_window="gateway-restart", maintenance_ends=1_000.0)
+    source = CoreSource(tmp_path)
     source.connect()
+    source.step("maintenance", GATEWAY_RESTART)
     source.step("session_lost")
-    answer = readiness(source.metrics(), now=900.2)
+    answer = readiness(source.metrics(), [GATEWAY_RESTART], now=AT_2350 + 0.2)
     assert answer.status == 503
     assert answer.body["status"] == "maintenance" and answer.body["expected"] is True
-    assert answer.body["maintenance"] == {"window": "gateway-restart", "ends": 1_000.0}
+    assert answer.body["maintenance"] == {"window": "gateway-restart", "ends": AT_2350 + 300}
     assert answer.body["reason"] == "peer_closed"
-    assert answer.headers == (("retry-after", "100"),)
+    assert answer.headers == (("retry-after", "300"),)  # 299.8 s, rounded up
 
-    unknown_end = CoreSource(tmp_path, maintenance_window="ib-reset")
-    unknown_end.step("start")
-    answer = readiness(unknown_end.metrics())
-    assert answer.status == 503 and answer.body["status"] == "maintenance" and answer.headers == ()
-
-    connected = CoreSource(tmp_path, maintenance_window="gateway-restart", maintenance_ends=1_000.0)
+    connected = CoreSource(tmp_path)
     connected.connect()
-    answer = readiness(connected.metrics(), now=900.0)
+    connected.step("maintenance", GATEWAY_RESTART)
+    answer = readiness(connected.metrics(), [GATEWAY_RESTART], now=AT_2350)
     assert answer.status == 200 and answer.body["status"] == "ready" and answer.body["expected"] is False
-    assert answer.body["maintenance"] == {"window": "gateway-restart", "ends": 1_000.0}
+    assert answer.body["maintenance"] == {"window": "gateway-restart", "ends": AT_2350 + 300}
     assert answer.headers == ()
 
-    outside = CoreSource(tmp_path, maintenance_window=None, maintenance_ends=None)
+    outside = CoreSource(tmp_path)
     outside.step("start")
-    answer = readiness(outside.metrics())
+    answer = readiness(outside.metrics(), [GATEWAY_RESTART], now=AT_2350)
     assert answer.body["status"] == "not_ready" and answer.body["maintenance"] is None
+    assert answer.headers == ()
+
+
+def test_maintenance_ends_where_no_window_is_in_force() -> None:
+    utc = ZoneInfo("UTC")
+    late = Window("late", dt.time(23, 0), dt.time(1, 0), utc)  # across midnight
+    early = Window("early", dt.time(0, 30), dt.time(2, 0), utc)  # overlaps it
+    day = dt.datetime(2026, 3, 4, tzinfo=dt.UTC)
+    hours = dt.timedelta(hours=1)
+    assert maintenance_ends([late, early], (day + 23.5 * hours).timestamp()) == (day + 26 * hours).timestamp()
+    assert maintenance_ends([late], (day + 23.5 * hours).timestamp()) == (day + 25 * hours).timestamp()
+    now = (day + 3 * hours).timestamp()
+    assert maintenance_ends([late, early], now) == now  # none in force: ended already
+    halves = [
+        Window("am", dt.time(0, 0), dt.time(12, 0), utc),
+        Window("pm", dt.time(12, 0), dt.time(0, 0), utc),
+    ]
+    assert maintenance_ends(halves, now) is None  # never ends: no Retry-After
 
 
 def test_alive_while_running(tmp_path: Path) -> None:
