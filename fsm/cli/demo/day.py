@@ -3,8 +3,10 @@
 Everything is real except the Gateway: a real `ConnectionManager` (anyio), real worker processes
 running the real `ib_async`, real TCP on loopback to `gatewaysim`, real signals. Each step injects
 one fault and then waits — with a deadline — for the manager's history (or the simulator's state)
-to show the expected outcome; nothing is synchronised by sleeping. The exit status is 0 only if
-every step ended as scripted and the day's invariants held (no disconnect issued; one client id).
+to show the expected outcome; nothing is synchronised by sleeping. The trader reads a quote
+stream through the whole day and places orders into the faults (`fsm.cli.demo.trading`). The
+exit status is 0 only if every step ended as scripted and the day's invariants held (no
+disconnect issued; one client id; every Gap followed by prices; no fill delivered twice).
 """
 
 from __future__ import annotations
@@ -22,19 +24,29 @@ from pathlib import Path
 import anyio
 import anyio.abc
 
-from fsm import ConnectionManager, Notice, Reason, Settings, State, StateChange, Subscription, Transition
+from fsm import ConnectionManager, Gap, Notice, Reason, Settings, State, StateChange, Subscription, Transition
 from fsm.cli.changes import describe
-from fsm.cli.demo import waits
+from fsm.cli.demo import report, waits
 from fsm.cli.demo.children import TraderProcess, end_all
-from fsm.cli.demo.record import Check, DayReport, Kind, Phase, Recovery, Status, Step, TimelineRow
+from fsm.cli.demo.record import Check, DayReport, Kind, Phase, Recovery, Status, Step
+from fsm.cli.demo.report import GatewayRecord
+from fsm.cli.demo.story import Story
+from fsm.cli.demo.trading import OrderDesk, Outcome, QuoteTape, span
 from fsm.cli.demo.views import DemoView
-from fsm.cli.demo.waits import Pulse, StepFailed
+from fsm.cli.demo.waits import StepFailed
 from fsm.hosts import normalise_address
 from fsm.lockfile import lock_path, read_lock
 from fsm.pids import ProcessId, pid_alive, process_id
-from gatewaysim import GatewaySim, SimEvent
+from gatewaysim import GatewaySim
+from gatewaysim.market import Market, Quotes
 
 DEMO_CLIENT_ID = 17
+SYMBOL = "AAPL"
+TICK_RATE = 10.0  # the simulator's ticks per second: a Gap closes within a tenth of a second
+# The trader's orders: one resting through the Gateway outage (it fills meanwhile), one in flight
+# when the worker dies, one whose send is lost with its session.
+REST_REF, CRASH_REF, LOST_REF = "demo-rest", "demo-crash", "demo-lost"
+NIGHT_PUMPS = 3  # runs of the Gateway's market pump (one per tick) each nightly 1100 lasts
 
 # Short timers so the day fits in under a minute; the handshake budget stays the real 30 s (the
 # RED step never waits it out: the operator's restart ends the hanging handshake).
@@ -61,48 +73,7 @@ class Deadlines:
 
     spawn_and_connect: float = 40.0
     detect: float = 10.0
-
-
-# The simulator's events worth a line of the story (the rest only wake the waits).
-SIM_KINDS = frozenset(
-    {
-        "RED",
-        "restart",
-        "handshake",
-        "326",
-        "client_close",
-        "server_close",
-        "hold",
-        "hold_expired",
-        "hello_ignored",
-        "connectivity",
-        "down",
-        "up",
-        "drop_all",
-    }
-)
-
-
-class Story:
-    """The demo's clock and its narrator: every line goes to the view, every event wakes the
-    waits."""
-
-    def __init__(self, view: DemoView) -> None:
-        self.view = view
-        self.t0 = time.monotonic_ns()
-        self.pulse = Pulse()
-
-    def t(self, ns: int | None = None) -> float:
-        """Seconds since the demo started (the manager's and the simulator's clock too)."""
-        return ((time.monotonic_ns() if ns is None else ns) - self.t0) / 1e9
-
-    def say(self, text: str, kind: Kind, *, at: float | None = None) -> None:
-        self.view.line(self.t() if at is None else at, text, kind)
-
-    def sim_event(self, ev: SimEvent) -> None:
-        if ev.kind in SIM_KINDS:
-            self.say(f"gateway: {ev.kind} {ev.detail}", Kind.SIM, at=self.t(round(ev.at * 1e9)))
-        self.pulse.wake()
+    resume: float = 10.0  # quotes, fills and order answers once a session is back
 
 
 class Day:
@@ -133,44 +104,65 @@ class Day:
         self.wall = 0.0
         self._trader: TraderProcess | None = None
         self._stale_worker: ProcessId | None = None  # what the killed trader left behind
-        self._red_at_ns = 0  # when step 2 saw DEGRADED_RED (step 3 counts the outage from it)
-        self._disconnects = 0
-        self._client_ids: list[int] = []
-        self._youngest: float | None = None
+        self._red_at_ns = 0  # when the RED step saw DEGRADED_RED (the restart counts the outage from it)
+        self.tape = QuoteTape(story, SYMBOL)
+        self.desk = OrderDesk(story, SYMBOL)
+        self._limit = 0.0  # the resting orders' limit: half the first bid, never reached today
+        self.gateway = GatewayRecord.of(sim)  # judged again by finish()
         script: tuple[tuple[Step, Callable[[], Awaitable[str]]], ...] = (
             (
-                Step("connect", "start the manager; IDLE -> SPAWNING -> HANDSHAKING -> CONNECTED"),
+                Step(
+                    "connect",
+                    "start the manager; IDLE -> SPAWNING -> HANDSHAKING -> CONNECTED; read a quote; "
+                    "place a resting order",
+                ),
                 self.connect,
             ),
             (
                 Step(
                     "Gateway API goes RED",
-                    "the API layer stops answering while TCP still accepts; the probe must notice",
+                    "the API layer stops answering while TCP still accepts; the probe must notice; "
+                    "the resting order fills at IB meanwhile",
                 ),
                 self.red,
             ),
             (
                 Step(
                     "operator restart",
-                    "restart the Gateway: the hanging handshake ends; reconnect with the same client id",
+                    "restart the Gateway: the hanging handshake ends; reconnect with the same client id; "
+                    "the fill from the outage delivered once; a quote stream for the rest of the day",
                 ),
                 self.restart,
             ),
             (
-                Step("worker crash", "SIGKILL our worker; respawn; reconnect with the same client id"),
+                Step(
+                    "worker crash with an order in flight",
+                    "SIGKILL our worker the instant the Gateway takes an order; respawn; the order "
+                    "resolved as placed, exactly one at the broker",
+                ),
                 self.crash,
             ),
             (
                 Step(
-                    "stale worker holding the client id",
-                    "a trader dies hard and leaves its worker holding the id; the restarted trader's "
-                    "manager reaps it; 326 -> backoff -> same id",
+                    "order send lost",
+                    "the session drops with the order and the order is lost: OrderNotPlaced; a retry is safe",
                 ),
-                self.zombie,
+                self.lost_send,
             ),
             (
-                Step("nightly 1100 -> 1102", "upstream connectivity lost and restored; session kept"),
+                Step(
+                    "nightly 1100 -> 1101, 1100 -> 1102",
+                    "session kept; 1101: data lost, the stream re-subscribed; 1102: nothing re-sent",
+                ),
                 self.nightly,
+            ),
+            (
+                Step(
+                    "stale worker holding the client id",
+                    "the trader is redeployed; its next run dies hard and leaves its worker holding the "
+                    "id; the restarted trader's manager reaps it; 326 -> backoff -> same id",
+                ),
+                self.zombie,
             ),
             (Step("clean shutdown", "retire the worker by process exit; never disconnect"), self.shutdown),
         )
@@ -229,6 +221,7 @@ class Day:
         self.managers.append(m)
         self.view.watch(m)
         await self._stack.enter_async_context(m)
+        self._tg.start_soon(self.desk.collect, m, len(self.managers))
         return m
 
     async def _follow(self, sub: Subscription) -> None:
@@ -265,13 +258,24 @@ class Day:
 
     # -------------------------------------------------------------------------------- steps
     async def connect(self) -> str:
+        self.story.say(
+            "the trader's manager runs with readonly=False: readonly is the default, and the demo "
+            "turns it off against the simulator",
+            Kind.ACTION,
+        )
         m = await self._start_manager()
         tr = await self._connected(0)
         took = self.story.t(tr.at_ns) - self.story.t(m.history[0].at_ns)
         pos = await m.request("positions")
+        q = await self.tape.one_quote(m, timeout=self.deadlines.resume)
+        self._limit = round(0.5 * (q.bid or q.last or 1.0), 2)
+        self.story.say(
+            f"the trader places a BUY 10 {SYMBOL} LMT {self._limit:.2f} (half the bid: it rests)", Kind.ACTION
+        )
+        st = await self.desk.place(m, REST_REF, self._limit, timeout=self.deadlines.resume)
         return (
             f"CONNECTED in {took:.2f} s (worker pid {m.worker_pid}); "
-            f"positions: {len(pos.get('positions', []))} rows"
+            f"positions: {len(pos.get('positions', []))} rows; {REST_REF!r} {st.status}"
         )
 
     async def red(self) -> str:
@@ -306,12 +310,27 @@ class Day:
                 f"timeout {DEMO_TIMERS['probe_timeout']:g} s",
             )
         )
+        cid = self.settings.client_id
+        await waits.sim_state(
+            self.sim,
+            lambda g: g.session_of(cid) is None,
+            timeout=self.deadlines.detect,
+            what=f"no session of client id {cid}",
+        )
+        self.story.say(
+            f"meanwhile the market reaches {REST_REF!r} at IB: it fills while no session of client id "
+            f"{cid} is up to hear it",
+            Kind.ACTION,
+        )
+        self.sim.fill_order(REST_REF)
         return (
             f"probe failed {detected:.2f} s after the Gateway went RED; the retry's "
-            f"handshake hangs (TCP accepted, hello read, never answered)"
+            f"handshake hangs (TCP accepted, hello read, never answered); {REST_REF!r} filled at IB "
+            f"meanwhile, unheard"
         )
 
     async def restart(self) -> str:
+        m = self.manager
         since = self._mark()
         t_restart = self.story.t()
         self.story.say("operator restarts the Gateway (in real life: with 2FA)", Kind.ACTION)
@@ -332,9 +351,20 @@ class Day:
                 f"counted from the restart; outage {outage:.2f} s in all",
             )
         )
+        fill = await self.desk.fill_delivered(REST_REF, timeout=self.deadlines.resume)
+        if int(m.metrics().get("fills_recovered", 0)) < 1:
+            raise StepFailed(f"the fill of {REST_REF!r} was not counted as recovered by reconciliation")
+        # From here on the trader reads quotes all day. (Not through the RED step: the simulator
+        # keeps pumping market data to a RED session, and any traffic counts as life to the probe.)
+        self.story.say(
+            f'the trader opens m.stream("quotes", symbol="{SYMBOL}") for the rest of the day', Kind.ACTION
+        )
+        await self._tg.start(self.tape.run, m)
+        await self.tape.first_quote(timeout=self.deadlines.resume)
         return (
-            f"handshake ended by the restart ({ended.reason}); CONNECTED {after:.2f} s after "
-            f"the restart, same client id"
+            f"handshake ended by the restart ({ended.reason}); CONNECTED {after:.2f} s after the restart, "
+            f"same client id; the outage's fill ({fill.side} {fill.shares:g} @ {fill.price:.2f}) found by "
+            f"reconciliation and delivered once; quotes streaming"
         )
 
     async def crash(self) -> str:
@@ -344,10 +374,26 @@ class Day:
         pid = m.worker_pid
         if pid is None:
             raise StepFailed("no worker to kill")
-        since = self._mark()
-        t_kill = self.story.t()
-        self.story.say(f"SIGKILL our worker pid {pid}", Kind.ACTION)
-        os.kill(pid, signal.SIGKILL)
+        since, gap_n = self._mark(), len(self.tape.gaps) + 1
+        killed: list[float] = []
+
+        def kill() -> None:
+            killed.append(self.story.t())
+            self.story.say(
+                f"the Gateway has taken the order: SIGKILL our worker pid {pid}, before any answer",
+                Kind.ACTION,
+            )
+            os.kill(pid, signal.SIGKILL)
+
+        self.story.on_sim_event(lambda ev: ev.kind == "order" and repr(CRASH_REF) in ev.detail, kill)
+        self.story.say(
+            f"the trader places {CRASH_REF!r}; our worker dies the instant the Gateway takes it", Kind.ACTION
+        )
+        st = await self.desk.place(
+            m, CRASH_REF, self._limit, timeout=self.deadlines.spawn_and_connect, outcome=Outcome.RESOLVED
+        )
+        if not killed:
+            raise StepFailed(f"{CRASH_REF!r} was answered before the worker could be killed")
         await self._transition(
             lambda t: t.dest == State.DEGRADED_RED and t.reason == Reason.worker_exited,
             since=since,
@@ -355,13 +401,77 @@ class Day:
             what="DEGRADED_RED (worker_exited)",
         )
         back = await self._connected(since)
-        took = self.story.t(back.at_ns) - t_kill
+        took = self.story.t(back.at_ns) - killed[0]
         if m.worker_pid == pid:
             raise StepFailed("CONNECTED with the killed worker's pid?")
+        at_broker = self.sim.broker.orders_by_ref(CRASH_REF)
+        sent = self.sim.broker.placements[CRASH_REF]
+        if len(at_broker) != 1 or at_broker[0].perm_id != st.perm_id or sent != 1:
+            raise StepFailed(
+                f"{CRASH_REF!r}: {len(at_broker)} order(s) at the broker, sent {sent} time(s), "
+                f"perm id {st.perm_id} returned"
+            )
+        gap = await self._quotes_back(gap_n, Reason.worker_exited)
         self.recoveries.append(
             Recovery("worker SIGKILL -> CONNECTED", took, f"respawned as pid {m.worker_pid}")
         )
-        return f"detected at once, respawned as pid {m.worker_pid}, CONNECTED {took:.2f} s after the kill"
+        return (
+            f"respawned as pid {m.worker_pid}, CONNECTED {took:.2f} s after the kill; place_order returned "
+            f"the live order ({st.status}, perm id {st.perm_id}): one at the broker, sent once; quotes "
+            f"again after a {span(gap):.2f} s Gap"
+        )
+
+    async def lost_send(self) -> str:
+        m = self.manager
+        since, gap_n = self._mark(), len(self.tape.gaps) + 1
+        self.story.say(
+            "the Gateway drops the session as it reads the next placeOrder, and the order with it "
+            "(drop_on_place=discard)",
+            Kind.ACTION,
+        )
+        self.sim.drop_on_place("discard")
+        t_send = self.story.t()
+        await self.desk.place_lost(m, LOST_REF, self._limit, timeout=self.deadlines.spawn_and_connect)
+        took = self.story.t() - t_send
+        await self._transition(
+            lambda t: t.dest == State.DEGRADED_RED and t.reason == Reason.peer_closed,
+            since=since,
+            timeout=self.deadlines.detect,
+            what="DEGRADED_RED (peer_closed)",
+        )
+        if self.sim.broker.orders_by_ref(LOST_REF) or self.sim.broker.placements[LOST_REF] != 1:
+            raise StepFailed(f"{LOST_REF!r} reached the broker after all")
+        self.story.say(
+            f"no trace of {LOST_REF!r} at the broker: a retry is safe, with the same ref", Kind.ACTION
+        )
+        await self.desk.place(m, LOST_REF, self._limit, timeout=self.deadlines.resume)
+        if len(self.sim.broker.orders_by_ref(LOST_REF)) != 1:
+            raise StepFailed(
+                f"{LOST_REF!r}: {len(self.sim.broker.orders_by_ref(LOST_REF))} orders at the broker"
+            )
+        gap = await self._quotes_back(gap_n, Reason.peer_closed)
+        self.recoveries.append(
+            Recovery(
+                "order send lost with its session -> OrderNotPlaced",
+                took,
+                "counted from the send; the next session's reconciliation found no trace of it",
+            )
+        )
+        return (
+            f"OrderNotPlaced {took:.2f} s after the send (nothing at the broker); the same ref then placed "
+            f"once; quotes again after a {span(gap):.2f} s Gap"
+        )
+
+    async def _quotes_back(self, n: int, reason: Reason) -> Gap:
+        """The stream's `n`-th Gap, for `reason`, with prices after it."""
+        gap = await self.tape.resumed(n, timeout=self.deadlines.resume)
+        if gap.reason != reason:
+            raise StepFailed(f"quotes: Gap {n} was for {gap.reason}, not {reason}")
+        return gap
+
+    def _quote_feeds(self) -> set[tuple[int, int]]:
+        """The Gateway's live quote subscriptions (session id, request id)."""
+        return {key for key, st in self.sim.component(Market).streams.items() if isinstance(st, Quotes)}
 
     async def zombie(self) -> str:
         from fsm.cli.doctor import Level, diagnose
@@ -369,7 +479,8 @@ class Day:
         s = self.settings
         say = self.story.say
         # 1. The trader is restarted (a deploy): a clean stop, the worker retired by process exit.
-        say("the trader stops for a redeploy (clean shutdown)", Kind.ACTION)
+        say("the trader stops for a redeploy: it leaves its quote stream, then shuts down", Kind.ACTION)
+        await self.tape.close(self.manager)
         await self._stack.aclose()
         self._stack = AsyncExitStack()
         # 2. Its next run is a separate process that connects, then dies hard with its worker hung.
@@ -440,16 +551,9 @@ class Day:
     async def nightly(self) -> str:
         m = self.manager
         pid = m.worker_pid
-        since = self._mark()
+        since, gap_n = self._mark(), len(self.tape.gaps) + 1
         t_lost = self.story.t()
-        self.story.say("nightly reset: the Gateway loses IB's servers (1100)", Kind.ACTION)
-        self.sim.connectivity_lost()
-        await self._transition(
-            lambda t: t.dest == State.DEGRADED_RED and t.reason == Reason.connectivity_lost,
-            since=since,
-            timeout=self.deadlines.detect,
-            what="DEGRADED_RED (connectivity_lost)",
-        )
+        await self._lose_connectivity(since)
         # Farm notices arrive during the night too: recorded and published, never a loss.
         n_since = len(self.notices)
         self.story.say("market data farm flaps (2103, then 2104)", Kind.ACTION)
@@ -464,27 +568,93 @@ class Day:
         )
         if m.state != State.DEGRADED_RED or m.worker_pid != pid:
             raise StepFailed(f"a farm notice moved the manager ({m.state}, worker {m.worker_pid})")
-        self.story.say("connectivity restored, data maintained (1102)", Kind.ACTION)
-        t_restored = self.story.t()
-        self.sim.connectivity_restored(False)
-        back = await self._connected(since, timeout=self.deadlines.detect, what="CONNECTED after 1102")
-        if m.worker_pid != pid:
-            raise StepFailed(f"the worker was replaced ({pid} -> {m.worker_pid}); 1100 must keep it")
-        took = self.story.t(back.at_ns) - t_restored
+        await self._night()
+        feeds = self._quote_feeds()
+        self.story.say(
+            "connectivity restored, market data lost (1101): IB dropped every subscription", Kind.ACTION
+        )
+        lost = await self._restore(since, data_lost=True)
+        gap = await self._quotes_back(gap_n, Reason.connectivity_lost)
+        resubscribed = self._quote_feeds()
+        if not resubscribed or resubscribed & feeds:
+            raise StepFailed(f"the stream was not subscribed again after 1101 ({feeds} -> {resubscribed})")
+        quotes_after = self.story.t_of(gap.until) - lost
         self.recoveries.append(
             Recovery(
-                "nightly 1100 -> 1102 -> CONNECTED",
-                took,
-                f"counted from the 1102; session kept, worker {pid} not replaced",
+                "nightly 1100 -> 1101: prices again", quotes_after, "counted from the 1101; re-subscribed"
+            )
+        )
+
+        since, gap_n = self._mark(), len(self.tape.gaps) + 1
+        await self._lose_connectivity(since)
+        await self._night()
+        self.story.say("connectivity restored, data maintained (1102)", Kind.ACTION)
+        kept = await self._restore(since, data_lost=False)
+        gap2 = await self._quotes_back(gap_n, Reason.connectivity_lost)
+        if self._quote_feeds() != resubscribed:
+            raise StepFailed("the stream was subscribed again after 1102 (IB kept it)")
+        if m.worker_pid != pid:
+            raise StepFailed(f"the worker was replaced ({pid} -> {m.worker_pid}); 1100 must keep it")
+        self.recoveries.append(
+            Recovery(
+                "nightly 1100 -> 1102: prices again",
+                self.story.t_of(gap2.until) - kept,
+                f"counted from the 1102; nothing re-sent; session kept, worker {pid} not replaced",
             )
         )
         return (
-            f"session kept through {self.story.t(back.at_ns) - t_lost:.2f} s of 1100 and a farm "
-            f"flap (same worker pid {pid}); CONNECTED {took * 1000:.0f} ms after 1102"
+            f"session kept through {self.story.t() - t_lost:.2f} s of night, a farm flap, 1101 and 1102 "
+            f"(same worker pid {pid}); after 1101 the stream was re-subscribed, after 1102 nothing was "
+            f"re-sent; quotes again after Gaps of {span(gap):.2f} s and {span(gap2):.2f} s"
         )
+
+    async def _lose_connectivity(self, since: int) -> None:
+        self.story.say("the Gateway loses IB's servers (1100)", Kind.ACTION)
+        self.sim.connectivity_lost()
+        await self._transition(
+            lambda t: t.dest == State.DEGRADED_RED and t.reason == Reason.connectivity_lost,
+            since=since,
+            timeout=self.deadlines.detect,
+            what="DEGRADED_RED (connectivity_lost)",
+        )
+
+    async def _night(self) -> None:
+        """The night lasts NIGHT_PUMPS runs of the Gateway's market pump, and no quote reaches the
+        trader meanwhile (IB is unreachable: the pump sends nothing). Counted from the pump after
+        the 1100, so a quote already on its way is not taken for one sent during the night."""
+        pumps = self.sim.component(Market).counters
+
+        async def pumped(n: int) -> None:
+            target = pumps.pumps + n
+            await waits.sim_state(
+                self.sim, lambda _: pumps.pumps >= target, timeout=self.deadlines.detect, what="market pumps"
+            )
+
+        await pumped(1)
+        quotes = self.tape.quotes
+        await pumped(NIGHT_PUMPS)
+        if self.tape.quotes != quotes:
+            raise StepFailed(f"{self.tape.quotes - quotes} quote(s) arrived while IB was unreachable")
+
+    async def _restore(self, since: int, *, data_lost: bool) -> float:
+        """1101 or 1102; back to CONNECTED in the same session. When it was sent (demo clock)."""
+        code = 1101 if data_lost else 1102
+        at = self.story.t()
+        self.sim.connectivity_restored(data_lost)
+        await self._connected(since, timeout=self.deadlines.detect, what=f"CONNECTED after {code}")
+        return at
 
     async def shutdown(self) -> str:
         m = self.manager
+        # The restarted trader knows its orders from the journal; asking the broker about them is a
+        # reconciliation, which finds the day's fill again: it was delivered before the restart,
+        # so it must not be recovered nor delivered twice.
+        self.story.say(
+            "the restarted trader asks the broker about the day's orders (order_status)", Kind.ACTION
+        )
+        await self.desk.statuses(m, timeout=self.deadlines.resume)
+        if int(m.metrics().get("fills_recovered", 0)):
+            raise StepFailed("the restarted trader's reconciliation took a delivered fill for a new one")
         pid = m.worker_pid
         worker = process_id(pid) if pid is not None else None
         t_stop = self.story.t()
@@ -497,7 +667,10 @@ class Day:
         await waits.sim_state(
             self.sim, lambda g: not g.sessions, timeout=self.deadlines.detect, what="no session"
         )
-        return f"IDLE; worker {pid} exited on stdin EOF in {self.story.t() - t_stop:.2f} s; no session left"
+        return (
+            f"every order as the broker has it, nothing delivered again; IDLE; worker {pid} exited on stdin EOF "
+            f"in {self.story.t() - t_stop:.2f} s; no session left"
+        )
 
     async def _let_session_age(self) -> None:
         """Scenario pacing before a crash we stage ourselves, not synchronisation: let the live
@@ -521,81 +694,36 @@ class Day:
 
     # ------------------------------------------------------------------------------- report
     def finish(self) -> None:
-        """Judge the day's invariants from what the Gateway saw, and stop the clock."""
-        sim = self.sim
-        self._disconnects = sum(1 for c in sim.client_closes if c.peer_alive)
-        self._client_ids = sorted(sim.client_ids_seen)
-        ages = [c.age for c in sim.client_closes if c.handshaken]
-        self._youngest = min(ages) if ages else None
-        floor = DEMO_TIMERS["min_session"] - 0.05  # the sim dates a close when it reads the EOF
+        """Judge the day's invariants from what the Gateway (and the trader) saw; stop the clock."""
+        self.gateway = GatewayRecord.of(self.sim)
         self.checks = (
-            Check("disconnects issued: 0 (no live process ever closed its session)", self._disconnects == 0),
-            Check(f"client ids used: exactly one ({DEMO_CLIENT_ID})", self._client_ids == [DEMO_CLIENT_ID]),
-            Check(
-                "no fast close: every session lived at least min_session",
-                self._youngest is None or self._youngest >= floor,
-            ),
+            *self.gateway.checks(DEMO_CLIENT_ID, self.settings.min_session),
+            *self.tape.checks(),
+            *self.desk.checks(self.sim, DEMO_CLIENT_ID),
         )
+        self.desk.recovered = sum(int(m.metrics().get("fills_recovered", 0)) for m in self.managers)
         self.wall = self.story.t()
 
     def report(self) -> DayReport:
-        return DayReport(self.phases, self._timeline(), self._summary(), self.ok)
-
-    def _timeline(self) -> tuple[TimelineRow, ...]:
-        rows = [
-            TimelineRow(
-                self.story.t(tr.at_ns),
-                f"#{i}",
-                str(tr.source),
-                tr.event,
-                str(tr.dest),
-                str(tr.reason) if tr.reason else "-",
-            )
-            for i, m in enumerate(self.managers, 1)
-            for tr in m.history
-        ]
-        return tuple(sorted(rows, key=lambda r: r.t))
-
-    def _summary(self) -> tuple[str, ...]:
-        sim, c = self.sim, self.sim.counters
-        ours = sum(int(m.metrics().get("sessions", 0)) for m in self.managers)
-        rest = c.handshakes - ours
-        reaped = sum(int(m.metrics().get("zombies_reaped", 0)) for m in self.managers)
-        ids = self._client_ids
-        out = [
-            f"wall time: {self.wall:.1f} s",
-            f"sessions: {c.handshakes} handshake(s) at the Gateway: {ours} by the in-process managers"
-            + (f", {rest} by the trader process killed in step 5" if rest else ""),
-            "recoveries:",
-            *(f"  {r.what}: {r.seconds:.2f} s ({r.how})" for r in self.recoveries),
-            f"326s sent by the Gateway: {c.sent_326}; stale workers reaped: {reaped}; "
-            f"Gateway RED episodes: {c.red_episodes}",
-            f"disconnects issued: {self._disconnects} (the Gateway saw {len(sim.client_closes)} "
-            f"closes, {len(sim.client_closes) - self._disconnects} by process exit)",
-        ]
-        if self._youngest is not None:
-            out.append(
-                f"youngest session at its close: {self._youngest:.2f} s after its handshake "
-                f"(min_session {DEMO_TIMERS['min_session']:g} s: no fast close)"
-            )
-        one = "exactly one" if len(ids) == 1 else f"{len(ids)}, NOT one"
-        out.append(f"client ids used: {one} ({', '.join(map(str, ids))})")
-        out.append(
-            "verdict: every step ended as scripted"
-            if self.ok
-            else "verdict: FAILED — "
-            + "; ".join(
-                [f"step {p.number} {p.title}: {p.status}" for p in self.phases if p.status != Status.OK]
-                + [chk.text for chk in self.checks if not chk.ok]
-            )
+        killer = next(p.number for p, run in zip(self.phases, self._steps, strict=True) if run == self.zombie)
+        summary = report.summary(
+            wall=self.wall,
+            gw=self.gateway,
+            managers=self.managers,
+            recoveries=self.recoveries,
+            trading=[*self.tape.summary(), *self.desk.summary()],
+            killer_step=killer,
+            min_session=self.settings.min_session,
+            phases=self.phases,
+            checks=self.checks,
         )
-        return tuple(out)
+        return DayReport(self.phases, report.timeline(self.story, self.managers), summary, self.ok)
 
 
 async def play(view: DemoView, *, pace: float, deadlines: Deadlines) -> bool:
     """Serve the simulator, play the day against it, show the report; True if it all held."""
     story = Story(view)
-    sim = GatewaySim(on_event=story.sim_event)
+    sim = GatewaySim(on_event=story.sim_event, tick_rate=TICK_RATE)
     try:
         with tempfile.TemporaryDirectory(prefix="ibgw-demo-") as state_dir:
             async with anyio.create_task_group() as tg:
@@ -606,9 +734,11 @@ async def play(view: DemoView, *, pace: float, deadlines: Deadlines) -> bool:
                     client_id=DEMO_CLIENT_ID,
                     state_dir=Path(state_dir),
                     maintenance=(),  # the scripted day plays the same at IB's reset hour
+                    readonly=False,  # the default is True; the demo trades, against the simulator only
                 ).replace(**DEMO_TIMERS)
                 day = Day(story, sim, settings, tg, pace=pace, deadlines=deadlines)
                 view.start(settings, sim, tg)
+                view.follow(day.tape, day.desk)
                 try:
                     await day.play()
                 finally:

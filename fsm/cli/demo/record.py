@@ -16,6 +16,8 @@ class Kind(StrEnum):
     ACTION = "action"  # the script did something (a fault, a restart)
     CHILD = "child"  # a line from the second trader process
     DOCTOR = "doctor"  # what `ibgw doctor` would report
+    QUOTE = "quote"  # the trader's quote stream: its first quote, each Gap and the prices after it
+    ORDER = "order"  # what the trader's order calls returned, and each fill delivered to it
 
 
 class Status(StrEnum):
@@ -81,7 +83,8 @@ class TimelineRow:
 
 @dataclass(frozen=True, slots=True)
 class Check:
-    """An invariant of the whole day (no disconnect, one client id, no fast close)."""
+    """An invariant of the whole day (no disconnect, one client id, no fast close, every Gap
+    followed by prices, no fill delivered twice...)."""
 
     text: str
     ok: bool

@@ -20,6 +20,7 @@ from rich.table import Table
 
 from fsm import ConnectionManager, Settings
 from fsm.cli.demo.record import DayReport, Kind, Phase, Status
+from fsm.cli.demo.trading import OrderDesk, Outcome, QuoteTape, describe_quote
 from fsm.cli.text import state_style
 from gatewaysim import GatewaySim
 
@@ -34,6 +35,9 @@ class DemoView(Protocol):
 
     def watch(self, manager: ConnectionManager) -> None:
         """`manager` is now the trader's (the trader restarts once)."""
+
+    def follow(self, tape: QuoteTape, desk: OrderDesk) -> None:
+        """The trader's quote stream and orders (their lines come through `line` too)."""
 
     def line(self, t: float, text: str, kind: Kind) -> None:
         """One line of the story, at `t` seconds since the demo started."""
@@ -62,10 +66,14 @@ class PlainView:
         s = settings
         self._write(
             f"ibgw demo: simulated Gateway on {s.host}:{s.port}, client id {s.client_id}, "
-            f"probe every {s.probe_interval:g} s, handshake budget {s.handshake_timeout:g} s"
+            f"probe every {s.probe_interval:g} s, handshake budget {s.handshake_timeout:g} s, "
+            f"readonly={s.readonly}"
         )
 
     def watch(self, manager: ConnectionManager) -> None:
+        pass
+
+    def follow(self, tape: QuoteTape, desk: OrderDesk) -> None:
         pass
 
     def line(self, t: float, text: str, kind: Kind) -> None:
@@ -105,7 +113,10 @@ _STYLE: dict[Kind, str] = {
     Kind.ACTION: "magenta",
     Kind.CHILD: "dim",
     Kind.DOCTOR: "red",
+    Kind.QUOTE: "green",
+    Kind.ORDER: "blue",
 }
+STALE_QUOTE = 0.5  # s without a quote before the live view says the flow has stopped
 
 
 class LiveView:
@@ -113,12 +124,14 @@ class LiveView:
 
     def __init__(self, console: Console | None = None) -> None:
         self.console = console or Console()
-        self._log: deque[str] = deque(maxlen=14)
+        self._log: deque[str] = deque(maxlen=16)
         self._live: Live | None = None
         self._settings: Settings | None = None
         self._sim: GatewaySim | None = None
         self._manager: ConnectionManager | None = None
         self._phase: Phase | None = None
+        self._tape: QuoteTape | None = None
+        self._desk: OrderDesk | None = None
 
     def start(self, settings: Settings, sim: GatewaySim, tg: anyio.abc.TaskGroup) -> None:
         self._settings, self._sim = settings, sim
@@ -128,6 +141,10 @@ class LiveView:
 
     def watch(self, manager: ConnectionManager) -> None:
         self._manager = manager
+        self._refresh()
+
+    def follow(self, tape: QuoteTape, desk: OrderDesk) -> None:
+        self._tape, self._desk = tape, desk
         self._refresh()
 
     async def _ticker(self) -> None:
@@ -179,6 +196,12 @@ class LiveView:
                 f"handshakes {sim.counters.handshakes}   "
                 f"326s {sim.counters.sent_326}",
             )
+        tape = self._tape
+        if tape is not None:
+            grid.add_row(f"quotes {tape.symbol}", _tape_row(tape))
+        desk = self._desk
+        if desk is not None:
+            grid.add_row("orders", _desk_row(desk, self._settings))
         body = Group(grid, "", *self._log)
         return Panel(body, title="ibgw demo — a day at the (simulated) Gateway", border_style="blue")
 
@@ -208,8 +231,31 @@ class LiveView:
         con.print("[bold]summary[/]")
         for line in report.summary:
             style = ""
-            if line.startswith(("disconnects issued: 0", "client ids used: exactly one", "verdict: every")):
+            good = ("disconnects issued: 0", "client ids used: exactly one", "verdict: every")
+            if line.startswith(good) or (line.startswith("fills:") and line.endswith("delivered twice: 0")):
                 style = "green"
-            elif "FAILED" in line or "NOT one" in line:
+            elif "FAILED" in line or "NOT" in line:
                 style = "red"
             con.print(f"  [{style}]{escape(line)}[/]" if style else f"  {escape(line)}", highlight=False)
+
+
+def _tape_row(tape: QuoteTape) -> str:
+    gaps = tape.gaps
+    counts = f"{tape.quotes} quotes   Gaps {len(gaps)}" + (f" (last: {gaps[-1].reason})" if gaps else "")
+    if tape.last is None or tape.last_ns is None:
+        return "[dim]not subscribed yet[/]"
+    quote = escape(describe_quote(tape.last))
+    if tape.ended is not None:
+        return f"[dim]{quote}   {counts}   {escape(tape.ended)}[/]"
+    quiet = (time.monotonic_ns() - tape.last_ns) / 1e9
+    flow = "[green]flowing[/]" if quiet < STALE_QUOTE else f"[yellow]no quote for {quiet:4.1f} s[/]"
+    return f"{quote}   {counts}   {flow}"
+
+
+def _desk_row(desk: OrderDesk, settings: Settings | None) -> str:
+    ro = "" if settings is None else f"readonly={settings.readonly}   "
+    return (
+        f"{ro}placed {desk.placed}   resolved after a crash {desk.count(Outcome.RESOLVED)}   "
+        f"not placed {desk.count(Outcome.NOT_PLACED)}   "
+        f"fills delivered {desk.fills_delivered} (twice: {desk.delivered_twice})"
+    )
