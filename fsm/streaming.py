@@ -145,14 +145,7 @@ class StreamService(services.Service):
         return Stream(self, self.registry.open(kind, spec, buffer), timeout)
 
     def metrics(self) -> dict[str, Any]:
-        streams = list(self.registry.streams.values())
-        return {
-            "streams_open": len(streams),
-            "streams_restored": sum(s.restored for s in streams),
-            "stream_gaps": sum(s.gaps for s in streams),
-            "stream_items_dropped": sum(s.dropped for s in streams),
-            "longest_gap_s": max((s.longest_gap.total_seconds() for s in streams), default=0.0),
-        }
+        return self.registry.totals()
 
     async def start(self, st: StreamState, timeout: float | None) -> None:
         """Subscribe now if a session is up (a refusal is raised here), else at the next one."""

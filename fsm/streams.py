@@ -261,6 +261,21 @@ class Registry:
         self._gen: Hashable | None = None
         self._orphans: dict[int, list[Item]] = {}
         self._ids = 0
+        # what closed streams counted: counters must never go down when a stream is left
+        self._closed = {"streams_restored": 0, "stream_gaps": 0, "stream_items_dropped": 0}
+        self._closed_longest = dt.timedelta(0)
+
+    def totals(self) -> dict[str, Any]:
+        """Counters over every stream ever opened, so a closed stream never lowers them."""
+        open_ = self.streams.values()
+        longest = max((s.longest_gap for s in open_), default=self._closed_longest)
+        return {
+            "streams_open": len(self.streams),
+            "streams_restored": self._closed["streams_restored"] + sum(s.restored for s in open_),
+            "stream_gaps": self._closed["stream_gaps"] + sum(s.gaps for s in open_),
+            "stream_items_dropped": self._closed["stream_items_dropped"] + sum(s.dropped for s in open_),
+            "longest_gap_s": max(longest, self._closed_longest).total_seconds(),
+        }
 
     # ---- consumers
 
@@ -278,7 +293,11 @@ class Registry:
         """The consumer left; the unsubscribe to send (a pending subscribe's sub is unsubscribed
         when its answer comes)."""
         st.closed = True
-        self.streams.pop(st.id, None)
+        if self.streams.pop(st.id, None) is not None:
+            self._closed["streams_restored"] += st.restored
+            self._closed["stream_gaps"] += st.gaps
+            self._closed["stream_items_dropped"] += st.dropped
+            self._closed_longest = max(self._closed_longest, st.longest_gap)
         st.wake()
         if st.sub is None:
             return []

@@ -168,6 +168,24 @@ def test_resubscribe_after_a_new_session_after_1101_and_not_after_1102() -> None
     assert (s.gaps, s.restored, s.discarded, s.longest_gap) == (2, 2, 1, dt.timedelta(seconds=10))
 
 
+def test_totals_never_go_down_when_a_stream_is_left() -> None:
+    reg = Registry()
+    s = reg.open("bars_5s", {"symbol": "AAPL"})
+    reg.subscribe_now(s, gen=1)
+    reg.on_subscribed(1, s, 1, AAPL, False)
+    reg.on_item(1, 1, bar(0))
+    reg.on_break(at(3), "worker_exited")
+    reg.resubscribe_plan(2, same_session=False)
+    reg.on_subscribed(2, s, 1, AAPL, False)
+    reg.on_item(2, 1, bar(10))
+    before = reg.totals()
+    assert before == {
+        "streams_open": 1, "streams_restored": 1, "stream_gaps": 1, "stream_items_dropped": 0, "longest_gap_s": 10.0
+    }  # fmt: skip
+    reg.close(s)
+    assert reg.totals() == {**before, "streams_open": 0}  # Prometheus counters: never lower
+
+
 def test_after_1102_the_same_sub_resumes_with_one_gap_and_nothing_is_resent() -> None:
     reg = Registry()
     s = reg.open("quotes", {"symbol": "AAPL"})
