@@ -30,10 +30,11 @@ import logging
 import math
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Final, cast
+from typing import Any, Final
 
 from ib_async import IB, Contract, RealTimeBarList, TickByTickAllLast, Ticker
 
+from worker import ibapi
 from worker.market_protocol import (
     BarEvent,
     ContractIdentity,
@@ -84,11 +85,6 @@ def _price(x: float, size: float) -> float | None:
     return None if v is None or (v == -1.0 and not size) else v
 
 
-def _ticker_req_id(ib: IB, ticker: Ticker, tick_type: str) -> int:
-    """ib_async keeps a ticker's request id only in the wrapper (ticker2ReqId, 2.1.0)."""
-    return int(cast(Any, ib.wrapper).ticker2ReqId[tick_type].get(ticker, 0))
-
-
 class Feed:
     """One Gateway subscription and the subs that share it."""
 
@@ -121,11 +117,11 @@ class Feed:
     def start(self, ib: IB) -> None:
         if self.kind == "quotes":
             self._ticker = ib.reqMktData(self.contract, "", False, False)
-            self.req_id = _ticker_req_id(ib, self._ticker, "mktData")
+            self.req_id = ibapi.ticker_req_id(ib, self._ticker, "mktData")
             self._ticker.updateEvent += self._on_ticker
         elif self.kind == "trades":
             self._ticker = ib.reqTickByTickData(self.contract, "Last")
-            self.req_id = _ticker_req_id(ib, self._ticker, "Last")
+            self.req_id = ibapi.ticker_req_id(ib, self._ticker, "Last")
             self._ticker.updateEvent += self._on_ticker
         else:
             self._bars = ib.reqRealTimeBars(self.contract, 5, "TRADES", False)

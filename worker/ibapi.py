@@ -112,3 +112,8 @@ def pin_user_pacing(max_per_s: int) -> None:
     """ib_async's throttle: user requests get at most max_per_s messages a second."""
     Client.MaxRequests = max_per_s
     Client.RequestsInterval = 1
+
+
+def ticker_req_id(ib: IB, ticker: Any, tick_type: str) -> int:
+    """ib_async keeps a ticker's request id only in the wrapper (ticker2ReqId, 2.1.0)."""
+    return int(_wrapper(ib).ticker2ReqId[tick_type].get(ticker, 0))

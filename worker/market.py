@@ -86,7 +86,7 @@ class Data:
         self.pacer = HistoricalPacer()
         self.open_historical = asyncio.Semaphore(MAX_OPEN_HISTORICAL)
         self.feeds = FeedBook(
-            session._emit,  # the session's event writer (ib_error and session_lost use it too)
+            session.emit,
             _env_limit("IBGW_MARKET_DATA_LINES", DEFAULT_LINES),
             _env_limit("IBGW_TICK_BY_TICK_MAX", DEFAULT_TICK_BY_TICK),
         )

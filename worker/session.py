@@ -126,6 +126,11 @@ class Session:
     # ---- state
 
     @property
+    def emit(self) -> Callable[[Event], None]:
+        """The worker's event writer, for the data and order commands' events."""
+        return self._emit
+
+    @property
     def connected(self) -> bool:
         return self.phase is Phase.CONNECTED and self.ib is not None and self.ib.isConnected()
 
