@@ -5,7 +5,7 @@ itself when the manager is built (``self.orders = OrderService(...); self.servic
 so that ``m.stream(...)`` or ``m.place_order(...)`` stay thin methods on the manager. The driver
 calls its hooks; each hook is a plain (not async) call made from the manager's event loop and
 must return at once: work that waits (a request, a re-subscribe) goes into a task of the
-service's own, started in ``start()``. A hook that raises is logged and the next service still
+service's own, started in ``run(tg)``. A hook that raises is logged and the next service still
 gets the call: one broken feature never moves the connection.
 
 The hooks, in the order a service sees them:

@@ -279,9 +279,10 @@ def run(
 def demo(plain: bool, backend: str, pace: float | None) -> int:
     """Play a scripted Gateway day against the built-in simulator (needs nothing but the install).
 
-    Connect; Gateway API goes RED; operator restart; worker crash; a stale worker of ours holding
-    the client id; nightly 1100 -> 1102; clean shutdown. Exit 0 only if every step ended as
-    scripted.
+    A quote stream and orders (readonly off, against the simulator only) ride through the day:
+    connect; Gateway API goes RED; operator restart; worker crash with an order in flight; an
+    order send lost; nightly 1100 -> 1101 and 1100 -> 1102; a stale worker of ours holding the
+    client id; clean shutdown. Exit 0 only if every step and check held.
     """
     from fsm.cli.demo import run_demo
 
