@@ -573,24 +573,19 @@ class Day:
         self.story.say(
             "connectivity restored, market data lost (1101): IB dropped every subscription", Kind.ACTION
         )
-        lost = await self._restore(since, data_lost=True)
-        gap = await self._quotes_back(gap_n, Reason.connectivity_lost)
+        gap, after = await self._restore(since, gap_n, data_lost=True)
         resubscribed = self._quote_feeds()
         if not resubscribed or resubscribed & feeds:
             raise StepFailed(f"the stream was not subscribed again after 1101 ({feeds} -> {resubscribed})")
-        quotes_after = self.story.t_of(gap.until) - lost
         self.recoveries.append(
-            Recovery(
-                "nightly 1100 -> 1101: prices again", quotes_after, "counted from the 1101; re-subscribed"
-            )
+            Recovery("nightly 1100 -> 1101: prices again", after, "counted from the 1101; re-subscribed")
         )
 
         since, gap_n = self._mark(), len(self.tape.gaps) + 1
         await self._lose_connectivity(since)
         await self._night()
         self.story.say("connectivity restored, data maintained (1102)", Kind.ACTION)
-        kept = await self._restore(since, data_lost=False)
-        gap2 = await self._quotes_back(gap_n, Reason.connectivity_lost)
+        gap2, after = await self._restore(since, gap_n, data_lost=False)
         if self._quote_feeds() != resubscribed:
             raise StepFailed("the stream was subscribed again after 1102 (IB kept it)")
         if m.worker_pid != pid:
@@ -598,7 +593,7 @@ class Day:
         self.recoveries.append(
             Recovery(
                 "nightly 1100 -> 1102: prices again",
-                self.story.t_of(gap2.until) - kept,
+                after,
                 f"counted from the 1102; nothing re-sent; session kept, worker {pid} not replaced",
             )
         )
@@ -619,30 +614,27 @@ class Day:
         )
 
     async def _night(self) -> None:
-        """The night lasts NIGHT_PUMPS runs of the Gateway's market pump, and no quote reaches the
-        trader meanwhile (IB is unreachable: the pump sends nothing). Counted from the pump after
-        the 1100, so a quote already on its way is not taken for one sent during the night."""
-        pumps = self.sim.component(Market).counters
+        """The night lasts NIGHT_PUMPS runs of the Gateway's market pump (each sends nothing
+        while IB is unreachable): long enough for its Gap to show."""
+        counters = self.sim.component(Market).counters
+        target = counters.pumps + NIGHT_PUMPS
+        await waits.sim_state(
+            self.sim, lambda _: counters.pumps >= target, timeout=self.deadlines.detect, what="market pumps"
+        )
 
-        async def pumped(n: int) -> None:
-            target = pumps.pumps + n
-            await waits.sim_state(
-                self.sim, lambda _: pumps.pumps >= target, timeout=self.deadlines.detect, what="market pumps"
-            )
-
-        await pumped(1)
-        quotes = self.tape.quotes
-        await pumped(NIGHT_PUMPS)
-        if self.tape.quotes != quotes:
-            raise StepFailed(f"{self.tape.quotes - quotes} quote(s) arrived while IB was unreachable")
-
-    async def _restore(self, since: int, *, data_lost: bool) -> float:
-        """1101 or 1102; back to CONNECTED in the same session. When it was sent (demo clock)."""
+    async def _restore(self, since: int, gap_n: int, *, data_lost: bool) -> tuple[Gap, float]:
+        """1101 or 1102: CONNECTED again in the same session, and the stream's `gap_n`-th Gap,
+        which must end with a quote the worker read after the restore was sent (nothing came
+        during the night); with how long after the restore that quote came (s)."""
         code = 1101 if data_lost else 1102
-        at = self.story.t()
+        sent = time.time()  # the clock the worker stamps quotes with
         self.sim.connectivity_restored(data_lost)
         await self._connected(since, timeout=self.deadlines.detect, what=f"CONNECTED after {code}")
-        return at
+        gap = await self._quotes_back(gap_n, Reason.connectivity_lost)
+        after = gap.until.timestamp() - sent
+        if after < 0:
+            raise StepFailed(f"a quote read {-after:.3f} s before the {code} ended the night's Gap")
+        return gap, after
 
     async def shutdown(self) -> str:
         m = self.manager
