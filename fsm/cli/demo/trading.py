@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.abc
 
-from fsm import ConnectionManager, Execution, Gap, IbgwError, OrderNotPlaced, OrderState, Quote, Stream
+from fsm import ConnectionManager, Execution, Gap, IbgwError, OrderNotPlaced, OrderState, Quote
 from fsm.cli.demo.record import Check, Kind
 from fsm.cli.demo.waits import StepFailed, first
 from gatewaysim import GatewaySim
@@ -56,18 +56,13 @@ class QuoteTape:
         self.last_ns: int | None = None  # monotonic ns when the last quote arrived
         self.ended: str | None = None  # why the stream stopped (closed by the trader, or an error)
         self.metrics: dict[str, Any] = {}  # the manager's STREAM_METRICS when the stream was closed
-        self._stream: Stream | None = None
+        self._subscribed = False
         self._scope = anyio.CancelScope()
         self._done = anyio.Event()
 
     @property
     def gaps(self) -> list[Gap]:
         return [e for e in self.items if isinstance(e, Gap)]
-
-    @property
-    def restored(self) -> int:
-        """Subscriptions the manager answered after a break (the stream's own count)."""
-        return self._stream.restored if self._stream is not None else 0
 
     async def run(
         self, m: ConnectionManager, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -76,12 +71,12 @@ class QuoteTape:
         try:
             with self._scope:
                 async with m.stream("quotes", symbol=self.symbol) as s:
-                    self._stream = s
+                    self._subscribed = True
                     task_status.started()
                     async for entry in s:
                         self._take(entry)
         except IbgwError as exc:  # the manager shut down under it, or a late refusal
-            if self._stream is None:
+            if not self._subscribed:
                 raise
             self.ended = f"{type(exc).__name__}: {exc}"
         finally:
