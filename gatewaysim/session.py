@@ -98,8 +98,9 @@ class Session:
         return self.close_reason is None
 
     def send(self, *frames: bytes) -> None:
-        """Queue complete frames for the client (ignored once the session is closing)."""
-        if not self.live or not frames:
+        """Queue complete frames for the client (ignored once the session is closing, and while
+        the API layer is RED: a RED Gateway's live sessions hear nothing, pushes included)."""
+        if not self.live or not frames or self.gateway.red:
             return
         self._out.extend(frames)
         self.on_output()

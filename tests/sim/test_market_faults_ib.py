@@ -94,3 +94,21 @@ async def test_a_session_connecting_during_a_farm_outage_hears_2103(
         _, after = await connect(3)
         assert after == [2104, 2106, 2158]
         assert dropped_messages(log_records) == []
+
+
+async def test_a_red_gateway_pushes_nothing_to_its_live_sessions(
+    anyio_backend: str, log_records: list[logging.LogRecord]
+) -> None:
+    # RED means the API layer answers nothing, market data pushes included: a client whose
+    # stream kept ticking could never tell a RED Gateway from a healthy one.
+    async with market_rig(tick_rate=20) as rig:
+        ticker = rig.ib.reqMktData(AAPL)
+        updates: list[float] = []
+        ticker.updateEvent += lambda t: updates.append(t.last)
+        await rig.until(lambda: len(updates) >= 3)
+        rig.sim.go_red()
+        await rig.pumps(1)  # a pump already under way when RED began may still be in flight
+        n = len(updates)
+        await rig.pumps(5)
+        assert len(updates) == n
+        assert dropped_messages(log_records) == []
