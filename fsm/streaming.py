@@ -187,10 +187,15 @@ class StreamService(services.Service):
             self._send(self._session, plan)
 
     def on_session_down(self, reason: Reason | None) -> None:
+        if reason is Reason.shutdown:  # the streams end here, not with a Gap: no session follows
+            self.close()
+            return
         self._session = None
         self.registry.on_break(_now(), reason.value if reason is not None else "session_down")
 
     def on_event(self, generation: int, ev: wp.Event) -> None:
+        if self._closed:  # the retiring worker may stream on until it exits: nobody is owed it
+            return
         try:
             if ev.event == DataEvent.STREAM_ERROR:
                 e = msgspec.convert(ev.data, StreamErrorEvent)

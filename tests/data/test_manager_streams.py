@@ -24,7 +24,7 @@ import pytest
 from support.manager import fast_settings, poll_until
 from support.market import PINNED
 
-from fsm import BadRequest, Gap, GatewayError, Quote, Stream, Trade
+from fsm import BadRequest, Gap, GatewayError, NotConnected, Quote, Stream, Trade
 from fsm.core import State
 from fsm.manager import ConnectionManager
 from gatewaysim import GatewaySim
@@ -41,7 +41,9 @@ T = 20.0  # s any one recovery may take on a loaded machine
 
 
 @asynccontextmanager
-async def running(tmp_path: Path, **sim: Any) -> AsyncIterator[tuple[GatewaySim, ConnectionManager]]:
+async def running(
+    tmp_path: Path, min_session: float = 0.4, **sim: Any
+) -> AsyncIterator[tuple[GatewaySim, ConnectionManager]]:
     t0 = time.monotonic()
 
     def clock() -> float:
@@ -49,7 +51,7 @@ async def running(tmp_path: Path, **sim: Any) -> AsyncIterator[tuple[GatewaySim,
 
     async with (
         GatewaySim(seed=SEED, tick_rate=TICK_RATE, wall=clock, **sim) as gw,
-        ConnectionManager(fast_settings(tmp_path, gw.port, CID)) as m,
+        ConnectionManager(fast_settings(tmp_path, gw.port, CID, min_session=min_session)) as m,
     ):
         await m.wait_connected(T)
         yield gw, m
@@ -61,6 +63,7 @@ class Reader:
     def __init__(self, s: Stream) -> None:
         self.s = s
         self.items: list[Any] = []
+        self.error: Exception | None = None
 
     async def run(self) -> None:
         async for e in self.s:
@@ -192,6 +195,27 @@ async def test_a_stream_left_while_ib_is_unreachable_is_unsubscribed_when_it_is_
         await m.wait_connected(T)
         await gw.wait_until(lambda g: not quote_feeds(g), T)  # and ours cancelled there
         assert m.metrics()["streams_open"] == 0
+
+
+async def test_a_stream_ends_at_shutdown_with_not_connected_and_no_gap(tmp_path: Path) -> None:
+    # The shutdown waits out min_session with the session (and its market data) still up; then
+    # the consumer's stream ends (NotConnected), with no Gap: no session follows a shutdown.
+    async with running(tmp_path, min_session=3.0) as (_gw, m), m.stream("quotes", symbol="AAPL") as s:
+        reader = Reader(s)
+        with anyio.fail_after(T):  # a stream that outlived its manager would hang here
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_read_until_closed, reader)
+                await poll_until(lambda: len(reader.items) >= 2, T, "two quotes")
+                await m.shutdown()
+        assert reader.gaps() == []
+        assert isinstance(reader.error, NotConnected)
+
+
+async def _read_until_closed(reader: Reader) -> None:
+    try:
+        await reader.run()
+    except NotConnected as exc:
+        reader.error = exc
 
 
 async def test_the_data_commands_through_m_request(tmp_path: Path) -> None:
