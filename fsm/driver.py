@@ -134,6 +134,15 @@ class Driver:
         out.update(state=str(self.core.state), worker_pid=w.pid if w else None)
         return out
 
+    def session_worker(self) -> WorkerProcess | None:
+        """The worker of the session that is up, if a line sent now can reach it; None while
+        the core is not CONNECTED, and also from a worker's death (its stdout ended, a write
+        failed) until the core has handled its exit: no session in between."""
+        w = self.workers.current
+        if self.closing or self.core.state != fc.State.CONNECTED or w is None or not w.accepting:
+            return None
+        return w
+
     # ------------------------------------------------------------------------------ core input
 
     def _feed(self, w: WorkerProcess | None, inp: ci.Input, *, from_retiring: bool = False) -> bool:
@@ -359,7 +368,7 @@ class Driver:
     ) -> dict[str, Any]:
         """Session.request: to worker ``w`` only while its session is the one that is up."""
         p = self.requests.prepare(command, timeout, params)
-        if w is not self.workers.current or w.retiring or w.session_lost:
+        if w is not self.workers.current or not w.accepting or w.session_lost:
             raise SessionLost(f"{command}: that session has ended")
         if self.closing or self.core.state != fc.State.CONNECTED:
             raise NotConnected(f"{command}: the session is down ({self.core.state}, {self.core.reason})")

@@ -28,6 +28,7 @@ from fsm.errors import DisconnectForbidden, NotConnected
 from fsm.orders import OrderService
 from fsm.pids import worker_label
 from fsm.process import WorkerProcess
+from fsm.requests import Undelivered
 from fsm.settings import Settings
 from fsm.streaming import Stream, StreamService
 from worker.orders_protocol import Execution, OrderState
@@ -149,30 +150,37 @@ class ConnectionManager:
         """Send one command to the worker; exactly one outcome: its data, or a typed error.
 
         BadRequest at once for a malformed command, params or timeout; NotConnected if there is
-        no session (at once, or after ``wait`` seconds of waiting for one); SessionLost (a
+        no session (at once, or after ``wait`` seconds of waiting for one; a worker that has
+        died counts as none from its death on, so the call waits for the next session rather
+        than fail with WorkerDied); SessionLost (a
         NotConnected) if the session ends under it; WorkerDied if the worker dies first;
         RequestTimeout after ``timeout`` (default settings.request_timeout); ResponseTooLarge;
         GatewayError(code).
         """
         prepared = self._d.requests.prepare(command, timeout, params)
         waited = None if wait is None else check_seconds("wait", wait, zero_ok=True)
-        w = await self._session_worker(command, waited)
-        return await self._d.requests.exchange(w, prepared)
+        deadline = anyio.current_time() + (waited or 0.0)
+        while True:
+            w = await self._session_worker(command, waited, deadline)
+            try:
+                return await self._d.requests.exchange(w, prepared)
+            except Undelivered:
+                continue  # it never reached that worker (dead, not yet reaped): the next session's
 
-    async def _session_worker(self, command: str, wait: float | None) -> WorkerProcess:
-        if self._d.closing or not self._started:
-            raise NotConnected(f"{command}: the manager is not running")
-        if self.state != State.CONNECTED:
+    async def _session_worker(self, command: str, wait: float | None, deadline: float) -> WorkerProcess:
+        """The worker of the session that is up; waiting for one until ``deadline`` if ``wait``."""
+        while (w := self._d.session_worker()) is None:
+            if self._d.closing or not self._started:
+                raise NotConnected(f"{command}: the manager is not running")
             where = f"state {self.state}, reason {self.reason or '-'}"
+            if self.state == State.CONNECTED:
+                where += ", its worker has stopped reading"
             if not wait:
                 raise NotConnected(f"{command}: not connected ({where})")
-            try:
-                await self.wait_connected(wait)
-            except TimeoutError:
-                raise NotConnected(f"{command}: not connected after waiting {wait:g} s ({where})") from None
-        w = self._d.workers.current
-        if w is None or w.retiring:
-            raise NotConnected(f"{command}: no live worker")
+            if anyio.current_time() >= deadline:
+                raise NotConnected(f"{command}: not connected after waiting {wait:g} s ({where})")
+            with anyio.move_on_after(deadline - anyio.current_time()):
+                await self._d.reports.changed.wait()
         return w
 
     # ------------------------------------------------------------------------------- orders

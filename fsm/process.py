@@ -184,6 +184,7 @@ class WorkerProcess:
         # fast_acquire: an uncontended send does not yield to the loop before writing
         self._send_lock = anyio.Lock(fast_acquire=True)
         self.stdin_closed = False
+        self.write_failed = False  # a write raised or timed out: no further line can follow it
         self.stdout_done = anyio.Event()
         self.retiring = False
         self.exit_reported = False
@@ -226,22 +227,38 @@ class WorkerProcess:
         for p in pending.values():
             p.resolve(error=WorkerDied(why))
 
+    @property
+    def accepting(self) -> bool:
+        """Whether a line written now can reach a live worker: not once its stdout has ended
+        (it died or is exiting), its stdin was closed, a write failed, or it is being retired.
+        The manager learns of an exit only after the process is reaped; until then this is what
+        keeps requests from going to a dead worker."""
+        return not (self.stdin_closed or self.write_failed or self.retiring or self.stdout_done.is_set())
+
     async def send(self, line: bytes, timeout: float | None = None) -> bool:
-        """Write one encoded line; False if stdin is gone or stays full for ``timeout`` (a stopped
-        worker whose pipe filled up must not block the caller)."""
+        """Write one encoded line; False if it was not delivered: the worker is not
+        ``accepting``, the write failed (then no line is written to this worker again, so a
+        dead pipe is written to at most once) or stdin stays full for ``timeout`` (a stopped
+        worker whose pipe filled up must not block the caller). Without ``timeout``, False
+        means no whole line reached the worker."""
         stdin = self.proc.stdin
-        if self.stdin_closed or stdin is None:
+        if stdin is None:
             return False
         try:
             if timeout is None:  # the caller's own scope bounds it: no second cancel scope
                 async with self._send_lock:
+                    if not self.accepting:
+                        return False
                     await stdin.send(line)
             else:
                 with anyio.fail_after(timeout):
                     async with self._send_lock:
+                        if not self.accepting:
+                            return False
                         await stdin.send(line)
             return True
         except (OSError, TimeoutError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            self.write_failed = True
             return False
 
     # -- Exitable, for the retire ladder --

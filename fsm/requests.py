@@ -14,7 +14,12 @@ from fsm.commands import check_seconds, encode_request, error_from
 from fsm.errors import IbgwError, RequestTimeout, WorkerDied
 from fsm.process import Pending, WorkerProcess
 
-__all__ = ["Prepared", "Requests"]
+__all__ = ["Prepared", "Requests", "Undelivered"]
+
+
+class Undelivered(WorkerDied):
+    """The request never reached the worker (it was dead or exiting, or its stdin failed):
+    nothing was sent, so ``m.request`` hands it to the next session instead."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,17 +53,19 @@ class Requests:
 
     async def exchange(self, w: WorkerProcess, p: Prepared) -> dict[str, Any]:
         """Send ``p`` to ``w`` and wait for its answer within its limit: the answer's data;
-        RequestTimeout, WorkerDied, SessionLost, GatewayError... otherwise."""
+        Undelivered, RequestTimeout, WorkerDied, SessionLost, GatewayError... otherwise."""
         pending = w.pending[p.rid] = Pending()
         self.in_flight += 1
+        sent = True
         try:
             with anyio.move_on_after(p.limit):
-                if not await w.send(p.line):
-                    pending.resolve(error=WorkerDied(f"{p.command}: the worker's stdin is closed"))
-                await pending.done.wait()
+                if sent := await w.send(p.line):
+                    await pending.done.wait()
         finally:
             self.in_flight -= 1
             w.pending.pop(p.rid, None)
+        if not sent:  # not counted: nothing was sent (as for NotConnected)
+            raise Undelivered(f"{p.command}: not sent: worker pid {w.pid} has stopped reading")
         if not pending.done.is_set():
             self._counts["requests_timed_out"] += 1
             raise RequestTimeout(f"{p.command}: no answer within {p.limit:g} s")

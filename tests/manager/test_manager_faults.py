@@ -7,6 +7,7 @@ left behind. Recovery times are measured on the core's clock and printed at the 
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import time
@@ -20,6 +21,7 @@ from support.manager import (
     assert_clean_exit,
     assert_session_invariants,
     await_recovery,
+    connected_at_ns,
     fast_settings,
     orphan_connect,
     poll_until,
@@ -30,7 +32,7 @@ from support.manager import (
 )
 
 from fsm.core import Reason, State
-from fsm.errors import NotConnected, WorkerDied
+from fsm.errors import IbgwError, NotConnected, WorkerDied
 from fsm.lockfile import lock_path
 from fsm.manager import ConnectionManager, Notice
 from gatewaysim import Faults, GatewaySim
@@ -91,6 +93,67 @@ async def test_worker_sigkill_fails_inflight_requests_then_respawns(
             assert m.worker_pid != old
             await assert_session_invariants(m, sim, CID)
         await assert_clean_exit(m, sim)
+
+
+async def test_requests_after_a_worker_died_wait_for_the_next_session(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """24 callers with wait=2.0 through a SIGKILL: what was in flight fails with WorkerDied at
+    once; a call made after the worker died waits for the next session (no WorkerDied while the
+    manager has not yet handled the exit), and nothing is written to the dead pipe (on asyncio
+    that would log 'pipe closed by peer')."""
+    caplog.set_level(logging.WARNING, logger="asyncio")
+    calls: list[tuple[int, int, str]] = []  # (start ns, end ns, outcome)
+    stop = anyio.Event()
+
+    async def call(m: ConnectionManager) -> None:
+        t0 = time.monotonic_ns()
+        try:
+            await m.request("accounts", wait=2.0)
+            kind = "ok"
+        except IbgwError as exc:
+            kind = type(exc).__name__
+        calls.append((t0, time.monotonic_ns(), kind))
+
+    async def caller(m: ConnectionManager) -> None:
+        while not stop.is_set():
+            await call(m)
+
+    async with GatewaySim(faults=watched()) as sim:
+        async with ConnectionManager(fast_settings(tmp_path, sim.port, CID)) as m:
+            await session_older_than_window(m)
+            old = m.worker_pid
+            assert old is not None
+            async with anyio.create_task_group() as tg:
+                for _ in range(24):
+                    tg.start_soon(caller, m)
+                await poll_until(lambda: len(calls) >= 200, 10, "traffic before the kill")
+                os.kill(old, signal.SIGSTOP)
+                await poll_until(lambda: psutil.Process(old).status() == psutil.STATUS_STOPPED, 5)
+                tg.start_soon(call, m)  # sent to the stopped worker: surely in flight at the kill
+                await poll_until(lambda: m.metrics()["requests_in_flight"] == 25, 5)
+                killed = time.monotonic_ns()
+                os.kill(old, signal.SIGKILL)
+                await poll_until(lambda: m.state == State.CONNECTED and m.worker_pid not in (None, old), 10)
+                back = connected_at_ns(m, killed)
+                n = len(calls)
+                await poll_until(lambda: len(calls) >= n + 200, 10, "traffic in the new session")
+                stop.set()
+            in_flight = [c for c in calls if c[0] < killed < c[1]]
+            assert len(in_flight) == 25
+            assert {k for _, _, k in in_flight} <= {"ok", "WorkerDied"}  # answered before the stop, or not
+            died = [(start, end) for start, end, k in calls if k == "WorkerDied"]
+            assert died and all(start < killed < end < back for start, end in died)  # at once
+            # From the first WorkerDied on (the worker's stdout had ended) until the manager
+            # handled the exit, the callers' next calls waited for the next session instead of
+            # going to the dead worker.
+            first = min(end for _, end in died)
+            after = [c for c in calls if c[0] >= first]
+            assert len([c for c in after if c[0] < back]) >= len(died) - 1  # the lone call made none
+            assert [c for c in after if c[2] != "ok"] == []
+            await assert_session_invariants(m, sim, CID)
+        await assert_clean_exit(m, sim)
+    assert [r.getMessage() for r in caplog.records if "pipe closed" in r.getMessage()] == []
 
 
 async def test_warm_spare_is_adopted_on_respawn(tmp_path: Path, request: pytest.FixtureRequest) -> None:
