@@ -127,9 +127,10 @@ class Driver:
             self._files.close()
 
     def metrics(self) -> dict[str, Any]:
-        """The core's counters and durations plus the driver's own counts."""
+        """The core's counters and durations, the driver's own counts and the services' figures."""
         out = dict(self.core.metrics(time.monotonic_ns()))
         out.update(self.counts)
+        out.update(self.reports.services.metrics())
         w = self.workers.current
         out.update(state=str(self.core.state), worker_pid=w.pid if w else None)
         return out

@@ -116,11 +116,17 @@ class ConnectionManager:
         return self._d.last_handshake
 
     def metrics(self) -> dict[str, Any]:
-        """The core's counters and durations plus the manager's own counts."""
+        """The core's counters and durations, the manager's own counts and the services'
+        figures (streams, orders)."""
         out = self._d.metrics()
         out["requests_in_flight"] = self._d.requests.in_flight
-        out.update(self._streams.metrics())
         return out
+
+    def report_changed(self) -> None:
+        """A service's figures changed with no state change (e.g. a reconciliation resolved
+        orders in doubt): rewrite the status snapshot now (coalesced, off the event loop), so
+        ``ibgw status`` does not wait for the next transition to show them."""
+        self._d.reports.status()
 
     async def wait_for(self, state: State, timeout: float | None = None) -> None:
         """Return once the core is in ``state``; TimeoutError after ``timeout`` seconds.

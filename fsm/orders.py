@@ -104,6 +104,8 @@ class Manager(Protocol):
 
     async def wait_connected(self, timeout: float | None = None) -> None: ...
 
+    def report_changed(self) -> None: ...
+
 
 class _Deadline:
     def __init__(self, seconds: float) -> None:
@@ -419,6 +421,7 @@ class OrderService(services.Service):
             self._apply(r.resolutions)
             self.counts["fills_recovered"] += self._enqueue(r.fills)
             self.counts["reconciliations"] += 1
+            self._manager.report_changed()  # the snapshot shows the counters now, not at the next transition
             return r
 
     def _observed(self, st: OrderState) -> None:
@@ -457,6 +460,7 @@ class OrderService(services.Service):
             self.counts["orders_resolved"] += ended
             self._count_doubts()
             self._wake_resolved()
+            self._manager.report_changed()
 
     def _enqueue(self, fills: list[Execution]) -> int:
         new = 0

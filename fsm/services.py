@@ -38,6 +38,11 @@ The hooks, in the order a service sees them:
     Every time the core leaves CONNECTED (so up and down strictly alternate), with the core's
     reason: connectivity_lost (1100; the same session may come back), probe_failed,
     peer_closed, worker_exited, shutdown... Requests to that session fail from now on.
+``metrics()``
+    Any time (plain, returns at once): the service's own figures, flat numbers by name; they
+    join ``m.metrics()`` and the status snapshot. A service whose figures changed with no
+    state change (a reconciliation) calls ``m.report_changed()`` so that the snapshot
+    (``ibgw status``) shows them now rather than at the next transition.
 ``close()``
     Once, at shutdown, after the workers are gone and before the lock is released; also when
     the manager failed to start (after an open() that raised, or none at all).
@@ -47,7 +52,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -105,6 +110,9 @@ class Service(Protocol):
     def on_session_down(self, reason: Reason | None) -> None:
         return None
 
+    def metrics(self) -> Mapping[str, float]:
+        return {}
+
     def close(self) -> None:
         return None
 
@@ -156,6 +164,16 @@ class Services:
     def close(self) -> None:
         for s in self._all:
             self._call(s.close)
+
+    def metrics(self) -> dict[str, float]:
+        """Every service's metrics() in one dict (one that raises is logged and left out)."""
+        out: dict[str, float] = {}
+        for s in self._all:
+            try:
+                out.update(s.metrics())
+            except Exception:
+                log.exception("service metrics %s failed", type(s).__qualname__)
+        return out
 
     @staticmethod
     def _call(hook: Callable[..., None], *args: Any) -> None:

@@ -11,8 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.manager import poll_until
+from support.orders import limit, on_sim_order, trading
 
-from fsm.errors import UnsafeStateDir
+from fsm.core import State
+from fsm.errors import OrderInDoubt, UnsafeStateDir
 from fsm.lockfile import lock_path
 from fsm.pids import process_id
 from fsm.settings import Settings
@@ -171,3 +174,32 @@ def test_state_files_write_the_latest_snapshot_and_the_last_one_at_close(state_d
     snap = read_status(path)
     assert snap is not None and snap["state"] == "IDLE"
     assert [p.name for p in state_dir.iterdir()] == [path.name]  # no temp file left behind
+
+
+@pytest.mark.anyio
+async def test_the_snapshot_shows_a_reconciliation_without_waiting_for_a_transition(tmp_path: Path) -> None:
+    """An order in doubt is resolved by the reconciliation that follows the new session's
+    CONNECTED: the snapshot written at that transition still counts it in doubt; the service's
+    report_changed() rewrites it with no further transition. The stream figures are there too."""
+    async with trading(tmp_path) as (sim, m):
+        sim.drop_on_place("before_ack")
+        on_sim_order(sim, "snap-1", lambda: sim.down_for(3.0))
+        with pytest.raises(OrderInDoubt):
+            await m.place_order(**limit("snap-1"), timeout=1.0)
+        await poll_until(lambda: m.metrics()["orders_resolved"] == 1, 30, "the reconciliation")
+        last = m.history[-1]
+        assert last.dest == State.CONNECTED
+        path = status_path(m.settings.state_dir, m.addresses[0], m.settings.port, m.client_id)
+
+        def counters() -> dict[str, object]:
+            snap = read_status(path)
+            assert snap is not None
+            return dict(snap["counters"])
+
+        want = {k: m.metrics()[k] for k in ("orders_in_doubt", "orders_resolved", "reconciliations")}
+        assert want["orders_in_doubt"] == 0
+        await poll_until(lambda: {k: counters().get(k) for k in want} == want, 5, "the snapshot rewritten")
+        assert m.history[-1] == last  # no transition wrote it
+        c = counters()
+        for k in ("fills_recovered", "streams_open", "stream_gaps", "streams_restored", "longest_gap_s"):
+            assert c[k] == m.metrics()[k]
