@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import compileall
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -68,10 +69,10 @@ async def run(args: argparse.Namespace) -> tuple[list[Figure], dict[str, Any], i
     errors = 0
     wanted = set(args.only.split(",")) if args.only else None
     with tempfile.TemporaryDirectory(prefix="ibgw-bench-") as state_dir:
-        async with SimHost() as sim:
+        async with SimHost() as sim, contextlib.AsyncExitStack() as stack:
             # A benchmark must not trip a fault by accident (fast close at shutdown).
             await sim.call("red_on_fast_close", None)
-            ctx = Context(sizes=sizes, state_dir=Path(state_dir), sim=sim, backend=args.backend)
+            ctx = Context(sizes=sizes, state_dir=Path(state_dir), sim=sim, backend=args.backend, stack=stack)
             for name, fn, keys in F.GROUPS:
                 if wanted and not (wanted & set(keys)) and name not in wanted:
                     for k in keys:

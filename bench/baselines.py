@@ -23,8 +23,9 @@ def echo_child(backend: str = "asyncio") -> LineClient:
 
 
 def ib_child() -> LineClient:
-    """The in-process ib_async baseline driver (timings taken inside the child)."""
-    return LineClient([PY, "-u", str(HERE / "ib_child.py")])
+    """The in-process ib_async baseline driver (timings taken inside the child; a stream's
+    stamps come back in one line, megabytes at high tick rates)."""
+    return LineClient([PY, "-u", str(HERE / "ib_child.py")], max_line=256 << 20)
 
 
 async def ib_call(ib: LineClient, command: str, **params: Any) -> float:

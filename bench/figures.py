@@ -20,7 +20,7 @@ from fsm.core import ConnectionCore, State
 from fsm.manager import ConnectionManager
 from fsm.settings import Settings
 
-from . import baselines
+from . import baselines, trading
 from .harness import (
     BENCH_MIN_SESSION,
     HOST,
@@ -570,5 +570,6 @@ GROUPS: list[tuple[str, Callable[[Context, dict[str, Figure]], Awaitable[None]],
     ("gateway close", group_gateway_close, ["detect_gateway_close"]),
     ("memory", group_memory, ["mem_manager", "mem_worker"]),
     ("scale", group_scale, ["scale_1", "scale_4", "scale_16"]),
+    *trading.GROUPS,
     ("silent gateway", group_silent, ["detect_silent"]),
 ]

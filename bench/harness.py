@@ -3,6 +3,7 @@ set up for measuring, and the SIGKILL-and-recover sample the recovery figures ta
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -42,6 +43,13 @@ class Sizes:
     mem_rounds: int
     core_rounds: int
     scale_rounds: int
+    quote_rounds: int
+    quote_seconds: float  # per round, both readers live
+    tick_rates: tuple[float, ...]  # ticks/s, one simulator each, tried in this order
+    trade_windows: int  # per reader and rate
+    trade_window: float  # s
+    history_rounds: int
+    order_rounds: int
     scale_ns: tuple[int, ...] = (1, 4, 16)
     silent_probe: tuple[float, float] | None = None  # (interval, timeout); None = Settings defaults
 
@@ -61,6 +69,13 @@ class Sizes:
             mem_rounds=2,
             core_rounds=5,
             scale_rounds=1,
+            quote_rounds=2,
+            quote_seconds=0.3,
+            tick_rates=(10_000,),
+            trade_windows=1,
+            trade_window=0.3,
+            history_rounds=2,
+            order_rounds=10,
             silent_probe=(1.0, 0.5),
         )
 
@@ -80,6 +95,13 @@ class Sizes:
             mem_rounds=5,
             core_rounds=15,
             scale_rounds=2,
+            quote_rounds=8,
+            quote_seconds=2.0,
+            tick_rates=(5_000, 10_000, 20_000, 30_000, 40_000, 50_000, 60_000, 70_000),
+            trade_windows=2,
+            trade_window=1.0,
+            history_rounds=10,
+            order_rounds=100,
             silent_probe=None,
         )
 
@@ -92,6 +114,9 @@ class Context:
     backend: str = "asyncio"
     next_client_id: int = 100
     results: dict[str, Any] = field(default_factory=dict)  # shared between groups (cold median)
+    # What groups share and the run closes at its end (the trading-day simulator, ib_child).
+    stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
+    shared: dict[str, Any] = field(default_factory=dict)
     log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr, flush=True)
 
     def client_id(self, count: int = 1) -> int:
@@ -109,11 +134,23 @@ class Context:
 
 
 class SimHost:
-    """`python -m bench.simhost`: one simulator process for every figure and baseline."""
+    """`python -m bench.simhost`: a simulator process (one serves every figure and baseline; the
+    trading-surface figures start their own: a trading-day clock, a tick rate, a send log)."""
 
-    def __init__(self) -> None:
-        self.client = LineClient([sys.executable, "-u", "-m", "bench.simhost"], stderr_to_null=False)
+    def __init__(
+        self, *, tick_rate: float | None = None, trading_day: bool = False, record_sends: bool = False
+    ) -> None:
+        argv = [sys.executable, "-u", "-m", "bench.simhost"]
+        if tick_rate is not None:
+            argv += ["--tick-rate", repr(float(tick_rate))]
+        if trading_day:
+            argv.append("--trading-day")
+        if record_sends:
+            argv.append("--record-sends")
+        self.client = LineClient(argv, stderr_to_null=False, max_line=64 << 20)
         self.port = 0
+        self.seed = 0
+        self.tick_rate = 0.0
 
     async def __aenter__(self) -> SimHost:
         await self.client.__aenter__()
@@ -123,6 +160,7 @@ class SimHost:
             await self.client.__aexit__(None, None, None)
             raise
         self.port = int(ev["port"])
+        self.seed, self.tick_rate = int(ev["seed"]), float(ev["tick_rate"])
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -135,6 +173,14 @@ class SimHost:
             raise RuntimeError(f"sim.{name}{args}: {reply.get('error')}")
         data: dict[str, Any] = reply["data"]
         return data
+
+    async def sends(self) -> list[list[Any]]:
+        """What the market pushed since the last ask (bench.simhost.SendLog's records)."""
+        reply = await self.client.call({"sends": True}, timeout=60)
+        if reply.get("status") != "success":
+            raise RuntimeError(f"sim sends: {reply.get('error')}")
+        out: list[list[Any]] = reply["data"]["sends"]
+        return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -157,8 +203,10 @@ NOTES = (
 
 
 def settings_for(ctx: Context, client_id: int, **changes: Any) -> Settings:
+    """A bench manager's settings: the run's simulator (or `port`), its state dir, min_session."""
     changes.setdefault("min_session", BENCH_MIN_SESSION)
-    return Settings(host=HOST, port=ctx.port, client_id=client_id, state_dir=ctx.state_dir, **changes)
+    changes.setdefault("port", ctx.port)
+    return Settings(host=HOST, client_id=client_id, state_dir=ctx.state_dir, **changes)
 
 
 def kill_settings(ctx: Context, client_id: int, **changes: Any) -> Settings:

@@ -36,8 +36,10 @@ class LineClient:
         *,
         env: dict[str, str] | None = None,
         stderr_to_null: bool = True,
+        max_line: int = MAX_LINE,
     ) -> None:
         self.argv = list(argv)
+        self.max_line = max_line
         self.env = env
         self.stderr_to_null = stderr_to_null
         self.proc: Process | None = None
@@ -105,7 +107,7 @@ class LineClient:
         buffered = BufferedByteReceiveStream(self.proc.stdout)
         try:
             while True:
-                line = await buffered.receive_until(b"\n", MAX_LINE)
+                line = await buffered.receive_until(b"\n", self.max_line)
                 msg = _decoder.decode(line)
                 rid = msg.get("id") if isinstance(msg, dict) else None
                 if rid is not None and rid in self._pending:

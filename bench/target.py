@@ -59,7 +59,7 @@ def fmt(value: float | None, unit: str) -> str:
     """Human number in the figure's unit: three significant digits, thousands separators."""
     if value is None:
         return "—"
-    if unit in ("events/s", "req/s"):
+    if unit in ("events/s", "req/s", "ticks/s"):
         return f"{value:,.0f}"
     if unit == "MiB":
         return f"{value:.1f}"
