@@ -388,8 +388,6 @@ class Driver:
             w.upstream_lost = c.upstream_lost
         if c.input is not None:
             self._feed(w, c.input)
-        if c.notice == NoticeKind.client_id_in_use:
-            self.counts["ib_326"] += 1
         if c.notice is not None:
             self.reports.notice(c.notice, code, message)
             self.reports.status()

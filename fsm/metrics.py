@@ -38,7 +38,10 @@ COUNTERS: Mapping[str, tuple[str, str]] = {
     "retries": ("ibgw_retries", "Retries: a new worker after a failure and its backoff."),
     "red_episodes": ("ibgw_red_episodes", "Episodes in DEGRADED_RED (entries from another state)."),
     "probes_sent": ("ibgw_probes_sent", "Liveness probes sent over the session."),
-    "ib_326": ("ibgw_client_id_in_use", "326 messages (client id already in use) from the Gateway."),
+    "notices_client_id_in_use": (
+        "ibgw_client_id_in_use",
+        "326 messages (client id already in use) from the Gateway.",
+    ),
     "zombies_reaped": ("ibgw_zombies_reaped", "Stale workers of a dead manager ended, proven ours by pid."),
     "workers_spawned": ("ibgw_workers_spawned", "Worker processes adopted for a session."),
     "spawn_failures": ("ibgw_spawn_failures", "Worker processes that could not be started."),

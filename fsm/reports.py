@@ -29,7 +29,7 @@ __all__ = ["MANAGER_COUNTERS", "Reports"]
 #: The manager's own counters in metrics() (next to the core's); all start at 0.
 MANAGER_COUNTERS = (
     *("workers_spawned", "spawn_failures", "spares_spawned", "spares_adopted"),
-    *("retire_eof", "retire_term", "retire_kill", "zombies_reaped", "ib_326"),
+    *("retire_eof", "retire_term", "retire_kill", "zombies_reaped"),
     *("requests_ok", "requests_failed", "requests_timed_out", "stale_inputs_dropped", "inputs_ignored"),
     *(f"notices_{kind}" for kind in NoticeKind),
 )

@@ -176,14 +176,14 @@ async def test_metrics_report_counts_and_durations(tmp_path: Path, fake_argv: li
         "sessions",
         "red_episodes",
         "client_id_in_use",
-        "ib_326",
+        "notices_client_id_in_use",
         "last_handshake_latency_ns",
         "time_in_state_ns",
         "workers_spawned",
     ):
         assert key in mt, key
     assert mt["sessions"] == 1 and mt["last_handshake_latency_ns"] > 0
-    assert mt["ib_326"] == 0 and mt["time_in_state_ns"]["SPAWNING"] > 0
+    assert mt["notices_client_id_in_use"] == 0 and mt["time_in_state_ns"]["SPAWNING"] > 0
 
 
 async def test_a_worker_that_cannot_start_is_an_exit(tmp_path: Path) -> None:

@@ -35,6 +35,7 @@ from fsm.core import Reason, State
 from fsm.errors import IbgwError, NotConnected, WorkerDied
 from fsm.lockfile import lock_path
 from fsm.manager import ConnectionManager, Notice
+from fsm.metrics import registry_for
 from gatewaysim import Faults, GatewaySim
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("report_recoveries")]
@@ -308,7 +309,10 @@ async def test_client_id_hold_by_the_gateway(tmp_path: Path, request: pytest.Fix
             took = await await_recovery(m, label(request), "SIGKILL + id held 1.0 s -> CONNECTED", t0)
             assert took >= 1.0
             assert sim.counters.sent_326 >= 1
-            assert m.metrics()["ib_326"] >= 1
+            heard = m.metrics()["notices_client_id_in_use"]  # the 326 messages: one count of them
+            assert heard >= 1 and "ib_326" not in m.metrics()
+            ids = {"host": HOST, "port": str(sim.port), "client_id": str(CID)}
+            assert registry_for(m).get_sample_value("ibgw_client_id_in_use_total", ids) == heard
             await assert_session_invariants(m, sim, CID)
         await assert_clean_exit(m, sim)
 
