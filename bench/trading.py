@@ -18,6 +18,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -428,6 +429,9 @@ async def group_orders(ctx: Context, figs: dict[str, Figure]) -> None:
         period=ORDER_PERIOD_S,
     )
     value, base = summarize(got["manager"]), summarize(got["inproc"])
+    figs["order_ack"].extra["an fsync'd append in the state dir, median (ms)"] = round(
+        fsync_ms(ctx.state_dir), 3
+    )
     for key, judged in (("order_ack", value.median - base.median), ("order_ack_p99", value.p99 - base.p99)):
         fig = figs[key]
         fig.measured(got["manager"])
@@ -441,6 +445,24 @@ async def group_orders(ctx: Context, figs: dict[str, Figure]) -> None:
         f"permId; ABBA rounds paced every {ORDER_PERIOD_S * 1000:.0f} ms (ib_async's 45 msg/s "
         "throttle is on in both)"
     )
+
+
+def fsync_ms(directory: Path, n: int = 20) -> float:
+    """The median time of a small append and fsync in `directory`: what each journal record of
+    an order costs there."""
+    path = directory / "bench-fsync.tmp"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter_ns()
+            os.write(fd, b"x" * 200 + b"\n")
+            os.fsync(fd)
+            times.append((time.perf_counter_ns() - t0) / 1e6)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return summarize(times).median
 
 
 Group = Callable[[Context, dict[str, Figure]], Awaitable[None]]

@@ -8,16 +8,19 @@ import math
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 import bench.__main__ as bench_main
-from bench import figures
+from bench import figures, trading
+from bench.harness import Sizes
 from bench.report import README_BEGIN, README_END
 from bench.spec import SPECS
 from bench.stats import abba_order, interleave, percentile, summarize
 from bench.target import Target
+from gatewaysim.prices import PriceProcess
 
 REPO = Path(__file__).resolve().parents[2]
 MEASURED = {"PASS", "MISS", "info"}  # a whole run measures every figure: no n/a, no error
@@ -77,6 +80,92 @@ def test_warm_spare_rows_come_from_the_managers_option(quick_run) -> None:
     for key in ("recovery_kill", "recovery_kill_spare"):
         fast, kills = got[key]["extra"]["respawned at once (no backoff step)"].split(" / ")
         assert int(kills) == got[key]["value"]["n"] and 0 <= int(fast) <= int(kills)
+
+
+def test_trading_surface_figures_are_measured_against_in_process_ib_async(quick_run) -> None:
+    """Issue 13 and 14's figures: each has its same-run in-process baseline, and the number its
+    target judges is the one its samples give."""
+    _, doc = quick_run
+    got = {f["key"]: f for f in doc["figures"]}
+    sizes = Sizes.quick()
+    added = "added per tick (trader minus in-process, same tick)"
+    quote = got["quote_latency"]
+    paired, pushed = (
+        int(x) for x in quote["extra"]["ticks paired / pushed to the trader's session"].split(" / ")
+    )
+    assert 10 <= paired <= pushed and quote["value"]["n"] == paired
+    assert quote["value"]["min"] > 0 and quote["baseline"]["min"] > 0  # read after it was pushed
+    for key, stat in (("quote_latency", "median"), ("quote_latency_p99", "p99")):
+        fig = got[key]
+        assert fig["value"] == quote["value"] and fig["baseline"]["n"] == paired
+        assert fig["judged"] == pytest.approx(fig["other_baselines"][added][stat])
+
+    rate = got["tick_rate"]
+    assert rate["judged"] == pytest.approx(rate["value"]["median"] / rate["baseline"]["median"])
+    assert rate["baseline"]["median"] in sizes.tick_rates
+    assert list(rate["extra"]) == [f"{r:,.0f} ticks/s (trader | in-process)" for r in sizes.tick_rates]
+
+    history = got["history_10k"]
+    assert int(history["extra"]["bars per request"].split("-")[0].replace(",", "")) >= 10_000
+    assert history["value"]["n"] == history["baseline"]["n"] == sizes.history_rounds
+    assert history["judged"] == pytest.approx(history["value"]["median"] / history["baseline"]["median"])
+
+    for key, stat in (("order_ack", "median"), ("order_ack_p99", "p99")):
+        fig = got[key]
+        assert fig["value"]["n"] == fig["baseline"]["n"] == sizes.order_rounds
+        assert fig["judged"] == pytest.approx(fig["value"][stat] - fig["baseline"][stat])
+    assert _is_number(got["order_ack"]["extra"]["an fsync'd append in the state dir, median (ms)"])
+
+
+def test_quotes_pair_by_volume_within_the_rounds_window() -> None:
+    ms = 1_000_000
+    sends = [
+        [10 * ms, "mkt_data", 1, 1, 0, 500],  # before the window: not paired
+        [20 * ms, "mkt_data", 1, 2, 0, 600],
+        [20 * ms, "mkt_data", 2, 2, 0, 600],
+        [30 * ms, "mkt_data", 1, 3, 0, 700],  # the in-process reader never saw it
+        [30 * ms, "mkt_data", 2, 3, 0, 700],
+        [30 * ms, "tick_by_tick", 1, 9, 99, None],
+        [90 * ms, "mkt_data", 1, 4, 0, 800],  # after the window
+    ]
+    trader = [(21 * ms, 600.0), (25 * ms, 600.0), (31 * ms, 700.0), (91 * ms, 800.0)]
+    inproc = [(20 * ms + ms // 2, 600.0), (40 * ms, float("nan"))]
+    got = trading.pair_quotes(sends, trader, inproc, 1, 2, 15 * ms, 50 * ms)
+    assert got == {"trader": [1.0], "inproc": [0.5], "added": [0.5], "pushed": [2]}
+
+
+def test_a_window_is_carried_only_if_every_tick_pushed_in_it_was_read_in_time() -> None:
+    prices = PriceProcess(seed=0, tick_rate=1000.0)
+    base = prices.tick_index(time.time_ns())
+    ms = 1_000_000
+    # Pushes (stamp, kind, client, sent so far, last tick): the first is before the window,
+    # the third skipped two ticks (the simulator fell behind), the last came after the window.
+    sends = [
+        [1 * ms, "tick_by_tick", 7, 11, base + 10, None],
+        [2 * ms, "tick_by_tick", 8, 5, base + 99, None],  # another session
+        [3 * ms, "tick_by_tick", 7, 16, base + 15, None],
+        [4 * ms, "tick_by_tick", 7, 20, base + 21, None],
+        [9 * ms, "tick_by_tick", 7, 25, base + 26, None],
+    ]
+    ticks = trading.window_ticks(sends, 7, 2 * ms, 5 * ms)
+    assert ticks == [base + t for t in (11, 12, 13, 14, 15, 18, 19, 20, 21)]
+
+    def read(ts: list[int], at: int) -> list[tuple[int, float, float]]:
+        return [
+            (at, prices.trade(trading.CON_ID, t).price, float(prices.trade(trading.CON_ID, t).size))
+            for t in ts
+        ]
+
+    before, after = [base + 9, base + 10], [base + 22]
+    end = 5 * ms
+    ok = trading.check_window(prices, ticks, read(before + ticks + after, end), 2 * ms, end)
+    assert ok.carried and ok.pushed == len(ticks) and ok.rate == pytest.approx(len(ticks) / 0.003)
+    lost = trading.check_window(prices, ticks, read(before + ticks[:4] + ticks[5:], end), 2 * ms, end)
+    assert not lost.carried and lost.why == f"5 of {len(ticks)} ticks missing or out of order"
+    late_at = end + int(trading.TRADES_GRACE_S * 1e9) + 3 * ms
+    late = trading.check_window(prices, ticks, read(ticks, late_at), 2 * ms, end)
+    assert not late.carried and late.why == "the last tick read 3 ms after the grace"
+    assert not trading.check_window(prices, [], [], 2 * ms, end).carried
 
 
 def test_meta_says_when_and_where(quick_run) -> None:
