@@ -76,12 +76,20 @@ class Trading:
     conn: str = "trading"
 
 
+async def inproc(ctx: Context) -> LineClient:
+    """The in-process ib_async child (bench/ib_child.py), started once per run."""
+    if "inproc" not in ctx.shared:
+        ctx.shared["inproc"] = await ctx.stack.enter_async_context(baselines.ib_child())
+    ib: LineClient = ctx.shared["inproc"]
+    return ib
+
+
 async def trading(ctx: Context) -> Trading:
     """The trading-day simulator, a manager on it and an in-process ib_async client connected
     read-write to it, started once per run."""
     if "trading" not in ctx.shared:
         sim = await _simulator(ctx.stack, tick_rate=QUOTE_TICK_RATE)
-        ib = await ctx.stack.enter_async_context(baselines.ib_child())
+        ib = await inproc(ctx)
         cid = ctx.client_id()
         await _ib_data(ib, "connect", host=HOST, port=sim.port, client_id=cid, name="trading", readonly=False)
         # Read-only off and no maintenance windows: the bench places orders, at any hour.
@@ -174,9 +182,11 @@ async def group_quotes(ctx: Context, figs: dict[str, Figure]) -> None:
             sends, got, inproc, tr.m.client_id, tr.ib_client_id, live_ns + QUOTE_SETTLE_NS, end_ns
         )
 
+    # No warm-up round: every round's first pushes are left out (QUOTE_SETTLE_NS).
     got = await interleave(
         {"trader first": lambda: quote_round("trader"), "in-process first": lambda: quote_round("inproc")},
         rounds=sz.quote_rounds,
+        warmup=0,
     )
     if not got["added"]:
         raise RuntimeError("no tick reached both readers")
@@ -316,22 +326,22 @@ async def group_tick_rate(ctx: Context, figs: dict[str, Figure]) -> None:
     best = {"trader": 0.0, "inproc": 0.0}
     prev = 0.0
     fig = figs["tick_rate"]
-    async with baselines.ib_child() as ib:
-        for i, rate in enumerate(sz.tick_rates):
-            got = await _rate_windows(ctx, rate, ib, sz.trade_windows, i)
-            label = f"{rate:,.0f} ticks/s (trader | in-process)"
-            pushed = min(w.rate for ws in got.values() for w in ws)
-            if pushed < SIM_SHORT * rate:
-                fig.extra[label] = f"the simulator pushed only {pushed:,.0f} ticks/s: not counted"
-                break
-            carried = {side: all(w.carried for w in ws) for side, ws in got.items()}
-            for side, ok in carried.items():
-                if ok:
-                    best[side] = rate
-            prev = rate
-            fig.extra[label] = f"{_verdict(got['trader'])} | {_verdict(got['inproc'])}"
-            if not any(carried.values()):
-                break
+    ib = await inproc(ctx)
+    for i, rate in enumerate(sz.tick_rates):
+        got = await _rate_windows(ctx, rate, ib, sz.trade_windows, i)
+        label = f"{rate:,.0f} ticks/s (trader | in-process)"
+        pushed = min(w.rate for ws in got.values() for w in ws)
+        if pushed < SIM_SHORT * rate:
+            fig.extra[label] = f"the simulator pushed only {pushed:,.0f} ticks/s: not counted"
+            break
+        carried = {side: all(w.carried for w in ws) for side, ws in got.items()}
+        for side, ok in carried.items():
+            if ok:
+                best[side] = rate
+        prev = rate
+        fig.extra[label] = f"{_verdict(got['trader'])} | {_verdict(got['inproc'])}"
+        if not any(carried.values()):
+            break
     if not best["inproc"]:
         raise RuntimeError(f"in-process ib_async carried none of the rates {sz.tick_rates}")
     fig.judge(fig.compared([best["trader"]], [best["inproc"]]))
