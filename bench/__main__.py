@@ -163,7 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         meta["duration_s"] = round(time.monotonic() - started, 1)
         meta["notes"] = [
             "every process is the same interpreter; one simulator process serves every figure "
-            "and every baseline; warm-up rounds are discarded; A/B runs alternate in ABBA order",
+            "and every baseline, but for the trading-surface ones (quote, tick rate, history, "
+            "order), which run on simulators of their own with a trading-day clock, each with its "
+            "baseline; warm-up rounds are discarded; A/B runs alternate in ABBA order",
             f"load average before/after: {meta['load_before']} / {meta['load_after']} "
             "(other work on the machine shows up here)",
             *NOTES,

@@ -97,7 +97,7 @@ class Sizes:
             scale_rounds=2,
             quote_rounds=6,
             quote_seconds=1.5,
-            tick_rates=(5_000, 10_000, 20_000, 30_000, 40_000, 50_000, 60_000, 70_000),
+            tick_rates=(10_000, 20_000, 30_000, 40_000, 50_000, 60_000, 70_000),
             trade_windows=2,
             trade_window=1.0,
             history_rounds=10,
