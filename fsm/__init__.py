@@ -36,6 +36,7 @@ from fsm.errors import (
     SettingsError,
     UnknownHost,
     UnsafeStateDir,
+    WaitTimeout,
     WorkerDied,
 )
 from fsm.manager import ConnectionManager
@@ -82,5 +83,6 @@ __all__ = [
     "Transition",
     "UnknownHost",
     "UnsafeStateDir",
+    "WaitTimeout",
     "WorkerDied",
 ]

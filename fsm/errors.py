@@ -47,6 +47,11 @@ class RequestTimeout(IbgwError):
     """The request got no answer within its timeout."""
 
 
+class WaitTimeout(IbgwError, TimeoutError):
+    """wait_for / wait_connected: the state was not reached in time (still a TimeoutError, so
+    ``except TimeoutError`` keeps working)."""
+
+
 class BadRequest(IbgwError):
     """The request is malformed (wrong params or timeout, unknown command, text that cannot be
     encoded...): refused before it is sent, or by the worker."""

@@ -24,7 +24,7 @@ from fsm.changes import Change, Notice, StateChange, Subscription
 from fsm.commands import check_seconds
 from fsm.core import Reason, State, Transition
 from fsm.driver import Driver
-from fsm.errors import DisconnectForbidden, NotConnected
+from fsm.errors import DisconnectForbidden, NotConnected, WaitTimeout
 from fsm.orders import OrderService
 from fsm.pids import worker_label
 from fsm.process import WorkerProcess
@@ -129,13 +129,18 @@ class ConnectionManager:
         self._d.reports.status()
 
     async def wait_for(self, state: State, timeout: float | None = None) -> None:
-        """Return once the core is in ``state``; TimeoutError after ``timeout`` seconds.
-        NotConnected if the manager shuts down first (unless waiting for IDLE)."""
-        with anyio.fail_after(timeout):
-            while self._d.core.state != state:
-                if self._d.closing and state != State.IDLE:
-                    raise NotConnected(f"the manager shut down while waiting for {state}")
-                await self._d.reports.changed.wait()
+        """Return once the core is in ``state``; WaitTimeout (a TimeoutError) after ``timeout``
+        seconds. NotConnected if the manager shuts down first (unless waiting for IDLE)."""
+        try:
+            with anyio.fail_after(timeout):
+                while self._d.core.state != state:
+                    if self._d.closing and state != State.IDLE:
+                        raise NotConnected(f"the manager shut down while waiting for {state}")
+                    await self._d.reports.changed.wait()
+        except TimeoutError:
+            core = self._d.core
+            why = f" ({core.reason})" if core.reason is not None else ""
+            raise WaitTimeout(f"not {state} within {timeout:g} s: the manager is {core.state}{why}") from None
 
     async def wait_connected(self, timeout: float | None = None) -> None:
         await self.wait_for(State.CONNECTED, timeout)

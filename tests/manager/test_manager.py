@@ -24,6 +24,7 @@ from fsm.errors import (
     GatewayError,
     NotConnected,
     RequestTimeout,
+    WaitTimeout,
 )
 from fsm.lockfile import lock_path
 from fsm.maintenance import Window
@@ -80,8 +81,9 @@ async def test_not_connected_fails_fast_or_waits(
         with pytest.raises(NotConnected, match="after waiting 0.3 s"):
             await m.request("ping", wait=0.3)
         assert time.monotonic() - t0 >= 0.3
-        with pytest.raises(TimeoutError):
+        with pytest.raises(WaitTimeout, match=r"not CONNECTED within 0.1 s: the manager is") as info:
             await m.wait_connected(0.1)
+        assert isinstance(info.value, TimeoutError)  # `except TimeoutError` keeps working
     await assert_clean_exit(m, None)
 
 
