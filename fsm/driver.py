@@ -93,6 +93,7 @@ class Driver:
         self.workers.bind(tg)
         tg.start_soon(self._actor)
         tg.start_soon(self._timer)
+        self.reports.run(tg)
         self.reports.status()
         self._feed(None, ci.Maintenance(in_window(self.settings, datetime.now(UTC))))
         self._feed(None, ci.Start())

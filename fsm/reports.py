@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
+import anyio.abc
 
 from fsm.changes import Broadcast, Notice, StateChange, wall_time
 from fsm.core import State, Transition
@@ -57,10 +58,25 @@ class Reports:
         self._expected = False
         self._files: StateFiles | None = None
         self._address = ""
+        self._status_due: anyio.Event | None = None  # set: a snapshot is to be built (run())
 
     def bind(self, files: StateFiles, address: str) -> None:
         """The state files to write the snapshot into, once the lock is held."""
         self._files, self._address = files, address
+
+    def run(self, tg: anyio.abc.TaskGroup) -> None:
+        """From now on status() only marks the snapshot due; one task builds it after the burst
+        that asked (a respawn asks ~4 times in a millisecond), so building it never delays
+        the action the core chose (the spare's adoption, the connect line)."""
+        self._status_due = anyio.Event()
+        tg.start_soon(self._build_snapshots)
+
+    async def _build_snapshots(self) -> None:
+        while (due := self._status_due) is not None:
+            await due.wait()
+            if self._status_due is due:  # not closed meanwhile (close() wrote the last one)
+                self._status_due = anyio.Event()
+                self._write_status()
 
     def transition(self, t: Transition, session: Session | None) -> None:
         """One transition: to the log and subscribers, and to the services when it leaves
@@ -100,8 +116,15 @@ class Reports:
         self.changed.set()
         self.changed = anyio.Event()
 
-    def status(self, *, stopped: bool = False) -> None:
-        """Hand the current snapshot to the writer (it never waits for the disk)."""
+    def status(self) -> None:
+        """The snapshot is to be rewritten: built once the burst of changes is over (see run())
+        and handed to the writer thread (it never waits for the disk)."""
+        if self._status_due is not None:
+            self._status_due.set()
+        else:
+            self._write_status()
+
+    def _write_status(self, *, stopped: bool = False) -> None:
         if self._files is None:
             return
         self._files.write_status(
@@ -123,5 +146,6 @@ class Reports:
         services closed."""
         self.changes.close()
         self.notify_changed()
-        self.status(stopped=True)
+        self._status_due = None
+        self._write_status(stopped=True)
         self.services.close()

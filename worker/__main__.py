@@ -37,11 +37,13 @@ from worker.protocol import (
     PROTOCOL_VERSION,
     Code,
     CommandError,
+    ConnectParams,
     Event,
     EventName,
     ProtocolError,
     Request,
     Response,
+    connect,
     decode_command,
     encode,
     encode_response,
@@ -57,6 +59,8 @@ log = logging.getLogger("worker")
 
 CHUNK = 1 << 16
 DEFAULT_MIN_SESSION = 1.0  # s; IBGW_WORKER_MIN_SESSION overrides (see linger())
+# The shape of the manager's connect line (every field given), for Worker.warm_up().
+WARM_UP_LINE = encode(connect(ConnectParams(host="127.0.0.1", port=4002, client_id=0), id=0))
 
 
 class StdoutGone(Exception):
@@ -78,6 +82,11 @@ class Worker:
         self.ctx = Context(session=Session(self.emit))
         self.tasks: set[asyncio.Task[None]] = set()
         self._loop = asyncio.get_running_loop()
+
+    def warm_up(self) -> None:
+        """Pay the first connect line's one-time decoding cost (msgspec's set-up for the connect
+        params: ~0.3-0.7 ms) before `ready`, so a warm spare's connect does not."""
+        decode_command(WARM_UP_LINE, self._params_map)
 
     def write(self, msg: Response | Event) -> None:
         """An event or a protocol error, written at once (chunked too, if it is ever that long)."""
@@ -282,6 +291,7 @@ async def serve(out: BinaryIO) -> int:
     # `ready`, so a spare worker's first connect does not (the start-up sync parses executions).
     ib_async.util.parseIBDatetime("20240102 03:04:05 UTC")
     worker = Worker(out)
+    worker.warm_up()
     worker.write(
         event(
             EventName.READY,

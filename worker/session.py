@@ -122,6 +122,10 @@ class Session:
         self.liveness: Liveness | None = None
         self.inbound: Inbound | None = None
         ibapi.pin_user_pacing(USER_MESSAGES_PER_S)
+        # The first IB() in a process costs ~0.3-0.9 ms (later ones ~0.15 ms): built now, before
+        # `ready`, so a warm spare's connect does not pay it. Kept until the first connect uses it
+        # (an IB that is never used holds no socket).
+        self._next_ib: IB | None = IB()
 
     # ---- state
 
@@ -201,7 +205,7 @@ class Session:
 
     async def _connect_fresh(self, p: ConnectParams) -> ConnectResult:
         loop = asyncio.get_running_loop()
-        ib = IB()
+        ib, self._next_ib = self._next_ib or IB(), None
         guard.retain(ib)
         self.ib, self.params, self.phase = ib, p, Phase.CONNECTING
         self.accounts, self.server_version, self.last_failure = [], None, None

@@ -8,8 +8,10 @@ import os
 import stat
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
+import anyio
 import pytest
 from support.manager import poll_until
 from support.orders import limit, on_sim_order, trading
@@ -18,6 +20,7 @@ from fsm.core import State
 from fsm.errors import OrderInDoubt, UnsafeStateDir
 from fsm.lockfile import lock_path
 from fsm.pids import process_id
+from fsm.reports import Reports
 from fsm.settings import Settings
 from fsm.statedir import MAX_STATE_FILE_BYTES, ensure_state_dir
 from fsm.statefiles import StateFiles
@@ -203,3 +206,31 @@ async def test_the_snapshot_shows_a_reconciliation_without_waiting_for_a_transit
         c = counters()
         for k in ("fills_recovered", "streams_open", "stream_gaps", "streams_restored", "longest_gap_s"):
             assert c[k] == m.metrics()[k]
+
+
+@pytest.mark.anyio
+async def test_a_burst_of_changes_builds_one_snapshot_after_it() -> None:
+    """status() inside a burst (a respawn asks ~4 times in a millisecond) only marks the snapshot
+    due: one snapshot of the end state is built once the burst yields, so building it never
+    delays the action the core chose; the last words at close are written at once."""
+    built: list[dict[str, object]] = []
+
+    class Files:
+        def write_status(self, snap: dict[str, object]) -> None:
+            built.append(snap)
+
+    now = {"state": "SPAWNING"}
+    reports = Reports(Settings(port=4002, client_id=5), 16, Counter(), lambda: dict(now), None)
+    reports.bind(Files(), "127.0.0.1")  # type: ignore[arg-type]
+    async with anyio.create_task_group() as tg:
+        reports.run(tg)
+        for state in ("SPAWNING", "HANDSHAKING", "CONNECTED"):
+            now["state"] = state
+            reports.status()
+        assert built == []  # nothing built inside the burst
+        await anyio.wait_all_tasks_blocked()
+        assert [(b["state"], b["stopped"]) for b in built] == [("CONNECTED", False)]
+        now["state"] = "IDLE"
+        reports.close()
+        assert [(b["state"], b["stopped"]) for b in built[1:]] == [("IDLE", True)]
+        tg.cancel_scope.cancel()
