@@ -1,11 +1,17 @@
 """The order journal: what was asked of the broker, written before it is sent.
 
 One file per Gateway address, port and client id in the state dir (``orders-<address>-<port>-
-<client_id>.jsonl``), JSON lines, each record written and fsync'd before the call goes on:
+<client_id>.jsonl``), JSON lines, each record written and fsync'd before the call goes on (but
+the ack, see below):
 
 - ``intent``    a place, modify or cancel is about to be sent (op, params, the session it is
-                sent in); written before the send, so a crash right after it leaves a trace;
-- ``ack``       the broker acknowledged it (order id, perm id, status);
+                sent in); durable before the send, so a crash right after it leaves a trace;
+- ``ack``       the broker acknowledged it (order id, perm id, status). Written at once (the
+                kernel has it: a crash of this process loses nothing) but not fsync'd on the
+                caller's path: the next fsync'd record or ``sync()`` (fsm.orders calls it off
+                the event loop soon after) makes it durable. Should the machine fail before
+                that, the request is unresolved at the next open, as if it had failed just
+                before the ack came, and reconciliation resolves it from the broker by order_ref;
 - ``outcome``   how a request ended otherwise: ``done`` (it took effect: found at the broker
                 after a doubt), ``not_done`` (it did not: no trace at the broker, nothing sent),
                 ``rejected`` (refused by the broker, with IB's code);
@@ -26,6 +32,7 @@ import contextlib
 import errno
 import os
 import stat
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -166,14 +173,17 @@ class JournalOrder:
 
 
 class Journal:
-    """The journal file of one manager and what it says. Not thread-safe: one event loop."""
+    """The journal file of one manager and what it says. Not thread-safe: one event loop, but
+    `sync()` may run in a worker thread."""
 
     def __init__(self, path: Path, fd: int) -> None:
         self.path = path
         self._fd = fd
+        self._fd_lock = threading.Lock()  # a sync() in a thread never meets a closed descriptor
         self.orders: dict[str, JournalOrder] = {}
         self.delivered: dict[str, datetime] = {}  # exec id -> when delivered
         self._last_seq = 0
+        self._written = self._synced = 0  # records written, and how many of them are fsync'd
 
     # ----------------------------------------------------------------------------- open
 
@@ -205,9 +215,27 @@ class Journal:
         return j
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        """Sync what is not yet durable and close."""
+        self.sync()
+        with self._fd_lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+    @property
+    def unsynced(self) -> bool:
+        """Records written but not yet fsync'd (acks)."""
+        return self._synced < self._written
+
+    def sync(self) -> None:
+        """fsync the records written so far (none pending: nothing to do). Safe from a worker
+        thread while the loop writes on: those records wait for the next sync."""
+        with self._fd_lock:
+            upto = self._written
+            if self._fd < 0 or self._synced >= upto:
+                return
+            os.fsync(self._fd)
+            self._synced = max(self._synced, upto)
 
     # ----------------------------------------------------------------------------- reads
 
@@ -239,8 +267,10 @@ class Journal:
         return req
 
     def ack(self, ref: str, seq: int, state: OrderState) -> None:
-        self._write(AckRec(ref=ref, seq=seq, state=state))
-        self._apply(AckRec(ref=ref, seq=seq, state=state))
+        """Record the broker's acknowledgement; written, not fsync'd (see the module docstring)."""
+        rec = AckRec(ref=ref, seq=seq, state=state)
+        self._write(rec, durable=False)
+        self._apply(rec)
 
     def outcome(
         self,
@@ -271,14 +301,19 @@ class Journal:
 
     # ----------------------------------------------------------------------------- inner
 
-    def _write(self, rec: Record) -> None:
+    def _write(self, rec: Record, *, durable: bool = True) -> None:
+        """Append one record; `durable`: fsync'd (with every record before it) before returning."""
         if self._fd < 0:
             raise UnsafeStateDir(f"the order journal {self.path} is closed")
         line = _encoder.encode(rec) + b"\n"
         view = memoryview(line)
         while view:
             view = view[os.write(self._fd, view) :]
-        os.fsync(self._fd)
+        self._written += 1
+        if durable:
+            upto = self._written
+            os.fsync(self._fd)
+            self._synced = max(self._synced, upto)
 
     def _apply(self, rec: Record) -> Request | None:
         """Fold one record into the state; returns the request it created or ended."""

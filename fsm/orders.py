@@ -38,6 +38,7 @@ from typing import Any, Protocol
 
 import anyio
 import anyio.abc
+import anyio.to_thread
 import msgspec
 
 from fsm import services
@@ -82,6 +83,9 @@ __all__ = ["ORDER_COUNTERS", "OrderService"]
 #: in doubt now, executions found by reconciliation that no live event had brought, and runs.
 ORDER_COUNTERS = ("orders_resolved", "orders_in_doubt", "fills_recovered", "reconciliations")
 RECONCILE_RETRY = 1.0  # s between attempts while the same session is up and a read failed
+#: s after an ack record before it is fsync'd in a worker thread, unless a later fsync'd record
+#: (the next order's intent) has made it durable first: the caller's answer never waits for it.
+ACK_SYNC_DELAY = 0.05
 #: Worker answers that prove the request was not sent (nothing reached the Gateway).
 NOT_SENT = frozenset(
     {
@@ -137,6 +141,7 @@ class OrderService(services.Service):
         self._lock = anyio.Lock()  # one reconciliation at a time
         self._queue: OrderedDict[str, Execution] = OrderedDict()  # fills not yet delivered
         self._queued = anyio.Event()
+        self._acked = anyio.Event()  # an ack record waits to be fsync'd (see _syncer)
         self._closed = False
 
     # ------------------------------------------------------------------------------ life
@@ -152,10 +157,12 @@ class OrderService(services.Service):
 
     def run(self, tg: anyio.abc.TaskGroup) -> None:
         tg.start_soon(self._reconciler)
+        tg.start_soon(self._syncer)
 
     def close(self) -> None:
         self._closed = True
         self._queued.set()
+        self._acked.set()
         self._wake_resolved()
         if self._journal is not None:
             self._journal.close()
@@ -347,6 +354,7 @@ class OrderService(services.Service):
                 self.journal.outcome(ref, req.seq, "not_done", state=st, message=f"the order is {st.status}")
                 raise OrderNotPlaced(ref, f"{command} {ref!r}: not applied: the order is {st.status}", st)
             self.journal.ack(ref, req.seq, st)
+            self._acked.set()
             self._wake_resolved()
             return st
 
@@ -375,6 +383,16 @@ class OrderService(services.Service):
         st = self.journal.orders[ref].state
         assert st is not None
         return st
+
+    async def _syncer(self) -> None:
+        """Make ack records durable off the event loop and off the caller's path (fsm.journal)."""
+        while not self._closed:
+            await self._acked.wait()
+            self._acked = anyio.Event()
+            await anyio.sleep(ACK_SYNC_DELAY)
+            j = self._journal
+            if j is not None and j.unsynced and not self._closed:
+                await anyio.to_thread.run_sync(j.sync)
 
     # ------------------------------------------------------------------------------ reconciliation
 

@@ -22,6 +22,14 @@ the rest as `order_error` events, and answers each command from what the broker 
 Each command sends at most one message to the Gateway and never repeats it; every wait is
 bounded by the command's timeout. A session connected read-only refuses all three at once
 (`read_only`), with nothing sent.
+
+Ordering, per order: `order_status` events are held while a command waits for the broker's word
+on that order, and its answer carries the state they would have said (a place_order's answer is
+one line, not three events and a line). The answer is written as soon as the command returns
+(worker.__main__), before any later word from the broker is read, so an event after an answer
+always says something newer than it; a command that fails sends the held state as an event
+before its error. Events say each change once: a state already said (by an event or an answer)
+is not said again.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import fields
 from datetime import UTC
 from typing import Any, Literal
@@ -114,8 +122,10 @@ class OrderDesk:
         self._emit = emit
         self._local: set[int] = set()  # ids of trade log entries ib_async wrote itself
         self._muted = False  # inside our own placeOrder/cancelOrder call: its events are ib_async's
-        self._waits: dict[int, list[_Wait]] = {}
-        self._last: dict[int, tuple[Trade, OrderState]] = {}  # id(trade) -> last state emitted
+        self._waits: dict[int, list[_Wait]] = {}  # order id -> commands waiting (its events held)
+        self._last: dict[int, tuple[Trade, OrderState]] = {}  # id(trade) -> last state said
+        self._by_id: dict[int, Trade] = {}  # our orders by order id, and the refs they hold
+        self._refs: set[str] = set()
         self._live: set[str] = set()  # exec ids ib_async reported as live fills (not query answers)
         self._sent_execs: set[str] = set()
         ib.orderStatusEvent += self._on_status
@@ -124,6 +134,7 @@ class OrderDesk:
         ib.execDetailsEvent += self._on_exec_details
         ib.commissionReportEvent += self._on_commission
         ib.disconnectedEvent += self._on_disconnected
+        self.index(ib.trades())  # what the session held before this desk (its start-up sync)
 
     # -------------------------------------------------------------------------- reading
 
@@ -155,10 +166,20 @@ class OrderDesk:
         return trade.order.clientId == self.client_id and trade.order.orderId > 0
 
     def trade_by_id(self, order_id: int) -> Trade | None:
-        return next((t for t in self.ib.trades() if self.mine(t) and t.order.orderId == order_id), None)
+        return self._by_id.get(order_id)
 
     def holds_ref(self, ref: str) -> bool:
-        return any(self.mine(t) and t.order.orderRef == ref for t in self.ib.trades())
+        return ref in self._refs
+
+    def index(self, trades: Iterable[Trade]) -> None:
+        """Know these trades by order id and ref (in O(1), however many the day brings). A trade
+        enters ib_async by our placeOrder (send), an openOrder (its event) or the answer to a
+        request for open or completed orders (the commands below); the session's own start-up
+        sync comes before the desk and is indexed when it is made."""
+        for t in trades:
+            if self.mine(t):
+                self._by_id.setdefault(t.order.orderId, t)
+                self._refs.add(t.order.orderRef)
 
     # -------------------------------------------------------------------------- sending
 
@@ -174,17 +195,28 @@ class OrderDesk:
         after = trade if trade is not None else out if isinstance(out, Trade) else None
         if after is not None:
             self._local.update(id(e) for e in after.log[before:])
+            self.index((after,))
         return out
+
+    def answer(self, trade: Trade) -> OrderState:
+        """The state a command answers with; said, so events go on from there."""
+        st = self.state(trade)
+        self._last[id(trade)] = (trade, st)
+        return st
 
     async def wait(
         self, command: str, order_id: int, judge: Callable[[str, int, str], Judgement], timeout: float
     ) -> None:
-        """Until judge says ok (or raises its error), the session ends, or the timeout passes."""
+        """Until judge says ok (or raises its error), the session ends, or the timeout passes.
+        The order's events are held meanwhile: on success the command answers with `answer()`;
+        on failure the held state goes out as an event before the error."""
         w = _Wait(judge)
         self._waits.setdefault(order_id, []).append(w)
+        ok = False
         try:
             async with asyncio.timeout(timeout):
                 await asyncio.shield(w.future)
+            ok = True
         except TimeoutError:
             raise CommandError(
                 Code.REQUEST_TIMEOUT,
@@ -197,6 +229,9 @@ class OrderDesk:
                 waits.remove(w)
             if not waits:
                 self._waits.pop(order_id, None)
+                trade = self.trade_by_id(order_id)
+                if not ok and trade is not None:
+                    self._publish(trade)
 
     # -------------------------------------------------------------------------- ib_async events
 
@@ -210,7 +245,10 @@ class OrderDesk:
         self._offer(trade.order.orderId, "status")
 
     def _on_open_order(self, trade: Trade) -> None:
-        if self._muted or not self.mine(trade):
+        if not self.mine(trade):
+            return
+        self.index((trade,))
+        if self._muted:
             return
         self._publish(trade)
         self._offer(trade.order.orderId, "open")
@@ -253,6 +291,8 @@ class OrderDesk:
                 w.fail(err)
 
     def _publish(self, trade: Trade) -> None:
+        if trade.order.orderId in self._waits:
+            return  # held: the waiting command's answer says it (see wait)
         st = self.state(trade)
         if not st.perm_id:
             return  # not yet acknowledged by the broker
@@ -345,7 +385,7 @@ class Orders:
             return "ok" if perm_of(trade) and d.status_of(trade) in ACKNOWLEDGED else None
 
         await d.wait("place_order", trade.order.orderId, judge, max(0.001, deadline - loop.time()))
-        return d.state(trade)
+        return d.answer(trade)
 
     async def modify_order(self, ctx: Context, p: ModifyOrderParams) -> Result:
         d = self.desk(ctx.session, "modify_order", writes=True)
@@ -392,7 +432,7 @@ class Orders:
         await d.wait("modify_order", p.order_id, judge, _timeout(p.timeout))
         if trade.order.tif != new.tif or trade.order.outsideRth != new.outsideRth:
             trade.order.tif, trade.order.outsideRth = new.tif, new.outsideRth  # ib_async copies neither
-        return d.state(trade)
+        return d.answer(trade)
 
     async def cancel_order(self, ctx: Context, p: CancelOrderParams) -> Result:
         d = self.desk(ctx.session, "cancel_order", writes=True)
@@ -426,13 +466,14 @@ class Orders:
                 OrderCode.ORDER_NOT_FOUND,
                 f"cancel_order: order {p.order_id} was cancelled (202) but this session holds no details of it",
             )
-        return d.state(trade)
+        return d.answer(trade)
 
     async def open_orders(self, ctx: Context, p: OpenOrdersParams) -> Result:
         s = ctx.session
         d = self.desk(s, "open_orders")
         start = d.ib.reqAllOpenOrdersAsync if p.all_clients else d.ib.reqOpenOrdersAsync
         trades = await s.call("open_orders", start, _timeout(p.timeout), one_at_a_time="openOrders")
+        d.index(trades)
         return OrdersResult(orders=[d.state(t) for t in trades])
 
     async def completed_orders(self, ctx: Context, p: CompletedOrdersParams) -> Result:
@@ -444,6 +485,7 @@ class Orders:
             _timeout(p.timeout),
             one_at_a_time="completedOrders",
         )
+        d.index(trades)
         return OrdersResult(orders=[d.state(t) for t in trades])
 
     async def executions(self, ctx: Context, p: ExecutionsParams) -> Result:

@@ -5,6 +5,7 @@ warning's "ValidationError", an order error's "Cancelled", its own "PendingSubmi
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 
 import pytest
@@ -14,7 +15,7 @@ from ib_async.order import OrderStatus
 
 from worker.orders import OrderDesk, is_warning
 from worker.orders_protocol import OrderEvent
-from worker.protocol import Event
+from worker.protocol import Code, CommandError, Event
 
 CID, OID, PERM = 7, 5, 900000001
 
@@ -102,3 +103,44 @@ def test_an_error_for_a_request_that_is_not_an_order_is_not_an_order_error(
     ib.wrapper.error(4242, 354, "Requested market data is not subscribed", "")
     ib.wrapper.error(-1, 2104, "Market data farm connection is OK:usfarm", "")
     assert events == []
+
+
+def test_events_are_held_while_a_command_waits_and_its_answer_says_them(
+    desk: tuple[IB, OrderDesk, list[Event], Trade],
+) -> None:
+    ib, d, events, trade = desk
+
+    async def place() -> None:
+        waiting = asyncio.create_task(
+            d.wait("place_order", OID, lambda *_: "ok" if d.state(trade).perm_id else None, 5)
+        )
+        await asyncio.sleep(0)  # the command is waiting now
+        submitted(ib)
+        assert events == []  # held: the answer will say it
+        await waiting
+        assert (d.answer(trade).status, events) == ("Submitted", [])
+
+    asyncio.run(place())
+    submitted(ib)  # the same word again: already said by the answer
+    assert events == []
+    ib.wrapper.error(OID, 202, "Order Canceled - reason:", "")
+    assert said(events) == [(OrderEvent.ORDER_STATUS, "Cancelled"), (OrderEvent.ORDER_ERROR, 202)]
+
+
+def test_a_command_that_fails_sends_the_held_state_before_its_error(
+    desk: tuple[IB, OrderDesk, list[Event], Trade],
+) -> None:
+    ib, d, events, _trade = desk
+
+    async def place() -> CommandError:
+        waiting = asyncio.create_task(d.wait("place_order", OID, lambda *_: None, 0.05))
+        await asyncio.sleep(0)
+        submitted(ib)
+        assert events == []
+        with pytest.raises(CommandError) as failed:
+            await waiting
+        return failed.value
+
+    err = asyncio.run(place())
+    assert err.code == Code.REQUEST_TIMEOUT
+    assert said(events) == [(OrderEvent.ORDER_STATUS, "Submitted")]  # out before the error answer

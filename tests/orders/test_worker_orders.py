@@ -3,6 +3,7 @@ ib_async 2.1.0, real TCP. Every answer is checked against the simulator's book."
 
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Any
 
@@ -37,10 +38,8 @@ def test_a_resting_order_is_acknowledged_with_the_brokers_ids(sim: ThreadedSim, 
     assert (st.status, st.quantity, st.limit_price, st.tif, st.symbol, st.remaining) == (
         "Submitted", 10.0, LOW, "GTC", "AAPL", 10.0,
     )  # fmt: skip
-    ev = worker.wait_event_where(
-        lambda e: e.event == OrderEvent.ORDER_STATUS and e.data["status"] == "Submitted"
-    )
-    assert ev.data["perm_id"] == o["perm_id"]
+    assert worker.call("ping", timeout=5.0).ok  # everything before it has been written
+    assert worker.statuses("w-rest") == []  # held while the command waited: its answer said them
     assert placements(sim, "w-rest") == 1
     again = worker.place("w-rest")  # the same ref twice in one session: refused, nothing sent
     assert error_of(again) == ("duplicate_order_ref", None) and placements(sim, "w-rest") == 1
@@ -60,7 +59,8 @@ def test_a_market_order_fills_and_its_execution_comes_once_with_its_commission(
         1.0,
     )
     assert ev.data["perm_id"] == st.perm_id and ev.data["time"].endswith("+00:00")
-    worker.wait_event_where(lambda e: e.event == OrderEvent.ORDER_STATUS and e.data["status"] == "Filled")
+    if st.status != "Filled":  # the fill came after the answer: an event says it
+        worker.wait_event_where(lambda e: e.event == OrderEvent.ORDER_STATUS and e.data["status"] == "Filled")
 
     done = data_as(worker.call("completed_orders", timeout=5.0), OrdersResult).orders
     [c] = [o for o in done if o.order_ref == "w-mkt"]
@@ -73,6 +73,9 @@ def test_a_market_order_fills_and_its_execution_comes_once_with_its_commission(
     assert later.executions == []
     assert worker.call("ping", timeout=5.0).ok  # everything before it has been written
     assert [e.exec_id for e in worker.executions()] == [x.exec_id]  # the queries re-sent no event
+    told = [st, *worker.statuses("w-mkt")]  # the answer, then each later change once
+    assert [t.status for t in told].count("Filled") == 1 and told[-1].status == "Filled"
+    assert all(a != b for a, b in itertools.pairwise(told))
 
 
 def test_modify_changes_the_order_at_the_broker(sim: ThreadedSim, worker: OrderWorker) -> None:
