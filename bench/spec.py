@@ -34,9 +34,9 @@ class Spec:
 IB_CONNECT = "in-process ib_async connect"
 INPROC = "in-process ib_async"
 # place -> acknowledged: what the manager must add is one round trip to the worker (~0.2-0.5 ms,
-# see status_rtt) and its journal: the intent before the send and the ack before the return, each
-# fsync'd (issue 14: never lost, never doubled), ~0.5-1 ms each on an SSD. The tail allows a
-# scheduler hiccup in each of the three processes involved.
+# see status_rtt) and its journal: the intent fsync'd before the send (issue 14: never lost, never
+# doubled; ~0.5-1 ms on an SSD); the ack record is fsync'd off the caller's path. The tail allows
+# a scheduler hiccup in each of the three processes involved.
 ORDER_P50_ADDED_MS = 2.0
 ORDER_P99_ADDED_MS = 10.0
 COLD = "cold connect"

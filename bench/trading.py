@@ -450,7 +450,7 @@ async def group_orders(ctx: Context, figs: dict[str, Figure]) -> None:
     figs["order_ack"].notes.append(
         f"a BUY 1 {SYMBOL} DAY LMT at {LOW:g} (it rests) per sample, on the trading-day simulator; "
         "the manager: m.place_order until it returns the acknowledged order (its journal "
-        "records the intent, fsync'd, before the send, and the ack, fsync'd, before it returns: "
+        "records the intent, fsync'd, before the send, and the ack, fsync'd off the caller's path: "
         f"state dir {ctx.state_dir}); in-process: placeOrder until its orderStatus carries a "
         f"permId; ABBA rounds paced every {ORDER_PERIOD_S * 1000:.0f} ms (ib_async's 45 msg/s "
         "throttle is on in both)"

@@ -4,7 +4,8 @@ Everything is real except the Gateway: a real `ConnectionManager` (anyio), real 
 running the real `ib_async`, real TCP on loopback to `gatewaysim`, real signals. Each step injects
 one fault and then waits — with a deadline — for the manager's history (or the simulator's state)
 to show the expected outcome; nothing is synchronised by sleeping. The trader reads a quote
-stream through the whole day and places orders into the faults (`fsm.cli.demo.trading`). The
+stream from the operator's restart to the redeploy and places orders into the faults
+(`fsm.cli.demo.trading`). The
 exit status is 0 only if every step ended as scripted and the day's invariants held (no
 disconnect issued; one client id; every Gap followed by prices; no fill delivered twice).
 """
@@ -354,8 +355,8 @@ class Day:
         fill = await self.desk.fill_delivered(REST_REF, timeout=self.deadlines.resume)
         if int(m.metrics().get("fills_recovered", 0)) < 1:
             raise StepFailed(f"the fill of {REST_REF!r} was not counted as recovered by reconciliation")
-        # From here on the trader reads quotes all day. (Not through the RED step: the simulator
-        # keeps pumping market data to a RED session, and any traffic counts as life to the probe.)
+        # From here on the trader reads quotes until the redeploy. (Not through the RED step: with
+        # a stream open, RED would be judged by the probe's own reqCurrentTime, as without one.)
         self.story.say(
             f'the trader opens m.stream("quotes", symbol="{SYMBOL}") for the rest of the day', Kind.ACTION
         )
