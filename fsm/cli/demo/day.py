@@ -355,8 +355,7 @@ class Day:
         fill = await self.desk.fill_delivered(REST_REF, timeout=self.deadlines.resume)
         if int(m.metrics().get("fills_recovered", 0)) < 1:
             raise StepFailed(f"the fill of {REST_REF!r} was not counted as recovered by reconciliation")
-        # From here on the trader reads quotes until the redeploy. (Not through the RED step: with
-        # a stream open, RED would be judged by the probe's own reqCurrentTime, as without one.)
+        # From here on the trader reads quotes until the redeploy.
         self.story.say(
             f'the trader opens m.stream("quotes", symbol="{SYMBOL}") for the rest of the day', Kind.ACTION
         )
