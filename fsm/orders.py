@@ -315,7 +315,8 @@ class OrderService(services.Service):
         """Send one request (journalled first) and wait for its one outcome within deadline."""
         while True:
             try:
-                await self._manager.wait_connected(deadline.left())
+                if self._manager.state != State.CONNECTED:  # (no wait's cancel scope when it is)
+                    await self._manager.wait_connected(deadline.left())
                 session = self._session_up()
             except (TimeoutError, NotConnected):
                 raise OrderNotPlaced(

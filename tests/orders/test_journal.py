@@ -153,3 +153,29 @@ def test_old_resolved_records_are_compacted_unresolved_kept(path: Path) -> None:
     later.intent("new", "place", PLACE, "s2")  # the rewritten file is the one appended to
     later.close()
     assert set(Journal.open(path).orders) == {"old-doubt", "new"}
+
+
+def test_the_intent_is_durable_before_it_returns_the_ack_soon_after(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    j = Journal.open(path)
+    synced: list[bytes] = []  # the file's content at each fsync of it
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(path.read_bytes()), real_fsync(fd))[1])
+
+    a = j.intent("a", "place", PLACE, "s1")
+    assert len(synced) == 1 and b'"t":"intent","ref":"a"' in synced[0]  # durable before it returned
+    assert not j.unsynced and a.seq == 1
+    j.ack("a", a.seq, state("a"))  # in the file at once, not fsync'd on the caller's path
+    assert j.unsynced and len(synced) == 1 and b'"t":"ack"' in path.read_bytes()
+    b = j.intent("b", "place", PLACE, "s1")  # the next intent's fsync makes the ack durable with it
+    assert not j.unsynced and len(synced) == 2 and b'"t":"ack"' in synced[1]
+    j.ack("b", b.seq, state("b"))
+    j.sync()  # what fsm.orders runs in a worker thread soon after
+    assert not j.unsynced and len(synced) == 3
+    j.sync()  # nothing left: no fsync
+    assert len(synced) == 3
+    c = j.intent("c", "place", PLACE, "s1")
+    j.ack("c", c.seq, state("c"))
+    j.close()  # closing syncs what is left
+    assert len(synced) == 5 and synced[-1] == path.read_bytes()  # c's ack with it

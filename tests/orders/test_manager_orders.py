@@ -5,6 +5,7 @@ nothing is ever sent twice; fills are delivered once, across outages and crashes
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import signal
 import subprocess
@@ -150,6 +151,26 @@ async def test_gateway_down_past_the_deadline_is_in_doubt_then_resolved(tmp_path
         [o] = sim.broker.orders_by_ref("down-1")
         assert (st.status, st.perm_id) == ("Submitted", o.perm_id) and placements(sim, "down-1") == 1
         assert m.metrics()["orders_in_doubt"] == 0 and m.metrics()["orders_resolved"] == 1
+
+
+async def test_an_ack_record_lost_with_the_machine_is_resolved_from_the_broker(tmp_path: Path) -> None:
+    """The ack record is fsync'd after the answer, not before: should the machine fail first,
+    the restarted trader finds the placement unresolved and asks the broker, by order_ref."""
+    async with trading_sim() as sim:
+        async with ConnectionManager(order_settings(tmp_path, sim.port)) as m:
+            await m.wait_connected(20)
+            st = await m.place_order(**limit("acked-1"), timeout=10)
+            # durable soon after, off the loop, with no later record to carry it (fsm.orders._syncer)
+            await poll_until(lambda: not m._orders.journal.unsynced, 5, "the ack record fsync'd")
+        [journal] = tmp_path.glob("orders-*.jsonl")
+        records = journal.read_bytes().splitlines(keepends=True)
+        assert [json.loads(r)["t"] for r in records] == ["intent", "ack"]
+        journal.write_bytes(records[0])  # the page cache lost with the machine: the ack never was
+        async with ConnectionManager(order_settings(tmp_path, sim.port)) as m:
+            assert m.metrics()["orders_in_doubt"] == 1
+            again = await m.order_status("acked-1", timeout=30)
+            assert (again.status, again.perm_id, again.order_id) == ("Submitted", st.perm_id, st.order_id)
+            assert m.metrics()["orders_in_doubt"] == 0 and placements(sim, "acked-1") == 1
 
 
 async def test_a_fill_during_an_outage_is_delivered_once_and_never_again(tmp_path: Path) -> None:
