@@ -6,7 +6,8 @@
 A call is refused at once, with nothing sent, while the settings are read-only (ReadOnly),
 inside a maintenance window unless allowed (MaintenanceWindow), for bad arguments (BadRequest)
 and for a ref in use (DuplicateOrderRef). Otherwise the intent is journalled (fsm.journal,
-fsync'd) before it is sent, and the call ends in exactly one of:
+fsync'd) before it is sent (the broker's ack is journalled too, fsync'd just after the call
+returns: off its path), and the call ends in exactly one of:
 
 - the order as the broker acknowledged it (OrderState);
 - OrderRejected(code): the broker refused it;

@@ -3,6 +3,8 @@
 Commands: ``place_order``, ``modify_order``, ``cancel_order``, ``open_orders``,
 ``completed_orders``, ``executions``. Events: ``order_status`` (an OrderState), ``execution``
 (an Execution, sent once its commission report is in) and ``order_error`` (OrderErrorData).
+An order's ``order_status`` events are held while a command waits on that order: its answer
+carries the state, and any event after the answer says something newer (worker.orders).
 
 Statuses are IB's own words (PreSubmitted, Submitted, Filled, Cancelled, ...), never ib_async's
 client-side inventions: ib_async has no "Rejected" and marks an order "Cancelled" on any order
