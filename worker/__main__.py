@@ -15,7 +15,7 @@ burst above it is delayed, not refused (`status` reports the pacing values and h
 throttled). `probe` keeps headroom outside it (worker.liveness).
 
 Environment: IBGW_WORKER_LOG_LEVEL for the stderr log (default INFO for the worker's own lines and
-WARNING for ib_async's, which logs every order, status, fill and position at INFO: ~0.3-0.6 ms
+WARNING for ib_async's, which logs every order, status, fill and position at INFO: ~0.2-0.6 ms
 per order on the order's path; when set, the level applies to both); IBGW_WORKER_MIN_SESSION
 (default 1.0 s): at EOF a session younger than this is kept until it is that old (no fast close).
 """
