@@ -104,7 +104,8 @@ def fast_settings(state_dir: Path, port: int, client_id: int = 7, **overrides: A
     """Short timers so faults recover in about a second; handshake stays at the 30 s floor.
 
     The default min_session (0.4 s) is longer than FAST_CLOSE_WINDOW: a manager that kept its
-    own rule can never turn the simulator RED."""
+    own rule can never turn the simulator RED. No maintenance windows: tests run at any hour
+    (23:44-23:55 local is the Gateway-restart window by default); window tests pass their own."""
     values: dict[str, Any] = {
         "port": port,
         "client_id": client_id,
@@ -121,6 +122,7 @@ def fast_settings(state_dir: Path, port: int, client_id: int = 7, **overrides: A
         "spawn_timeout": 15.0,
         "request_timeout": 5.0,
         "state_dir": state_dir,
+        "maintenance": "off",
     }
     values.update(overrides)
     return Settings(**values)

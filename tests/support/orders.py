@@ -79,9 +79,9 @@ def state_of(resp: Response) -> OrderState:
 
 
 def order_settings(state_dir: Path, port: int, **overrides: Any) -> Settings:
-    """fast_settings, trading (readonly off) and without maintenance windows (tests run at any
-    hour; the window gate has its own test)."""
-    values: dict[str, Any] = {"readonly": False, "maintenance": "off", **overrides}
+    """fast_settings, trading (readonly off; no maintenance windows, as in fast_settings: the
+    window gate has its own test)."""
+    values: dict[str, Any] = {"readonly": False, **overrides}
     return fast_settings(state_dir, port, **values)
 
 
