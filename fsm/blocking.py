@@ -312,7 +312,7 @@ class BlockingManager:
 
     def disconnect(self) -> NoReturn:
         """Always refuses (DisconnectForbidden): a session ends only by its worker's exit."""
-        self._m.disconnect()
+        self._m.disconnect()  # raises DisconnectForbidden: refused, never forwarded
 
     def shutdown(self) -> None:
         """Retire the worker by process exit and stop (leaving ``connect``'s block does it too);

@@ -59,7 +59,7 @@ def reroute_socket_data(ib: IB, handler: Callable[[bytes], None]) -> Callable[[b
     """Send the socket's chunks to handler instead of the client; return the client's own feed."""
     client = _client(ib)
     feed: Callable[[bytes], None] = client._onSocketHasData
-    client.conn.hasData.disconnect(feed)
+    client.conn.hasData.disconnect(feed)  # an eventkit handler unhooked; the socket is untouched
     client.conn.hasData.connect(handler)
     return feed
 
