@@ -183,13 +183,18 @@ class OrderDesk:
 
     # -------------------------------------------------------------------------- sending
 
-    def send(self, action: Callable[[], Any], trade: Trade | None = None) -> Any:
+    def send(self, command: str, action: Callable[[], Any], trade: Trade | None = None) -> Any:
         """Run our own placeOrder/cancelOrder: its synchronous events are muted and the log
-        entries it writes are marked as ib_async's (not the broker's)."""
+        entries it writes are marked as ib_async's (not the broker's). No socket: `command`
+        fails with not_connected, nothing sent."""
         before = len(trade.log) if trade is not None else 0
         self._muted = True
         try:
             out = action()
+        except ConnectionError as exc:
+            raise CommandError(
+                Code.NOT_CONNECTED, f"{command}: not connected ({exc}); nothing was sent"
+            ) from None
         finally:
             self._muted = False
         after = trade if trade is not None else out if isinstance(out, Trade) else None
@@ -366,22 +371,11 @@ class Orders:
                 Code.REQUEST_TIMEOUT,
                 f"place_order: the contract was not qualified within {timeout:g} s; nothing was sent",
             ) from None
-        try:
-            trade: Trade = d.send(lambda: d.ib.placeOrder(contract, order_for(p)))
-        except ConnectionError as exc:
-            raise CommandError(
-                Code.NOT_CONNECTED, f"place_order: not connected ({exc}); nothing was sent"
-            ) from None
+        trade: Trade = d.send("place_order", lambda: d.ib.placeOrder(contract, order_for(p)))
 
         def judge(kind: str, code: int, message: str) -> Judgement:
             if kind == "error":
-                if is_warning(code):
-                    return None
-                return CommandError(
-                    OrderCode.ORDER_REJECTED,
-                    f"place_order: the broker rejected order {p.order_ref!r}: [{code}] {message}",
-                    ib_code=code,
-                )
+                return _refusal("place_order", f"rejected order {p.order_ref!r}", code, message)
             return "ok" if perm_of(trade) and d.status_of(trade) in ACKNOWLEDGED else None
 
         await d.wait("place_order", trade.order.orderId, judge, max(0.001, deadline - loop.time()))
@@ -411,22 +405,11 @@ class Orders:
             if v is not None
         }  # fmt: skip
         new = Order(**{**_order_fields(trade.order), **changes})
-        try:
-            d.send(lambda: d.ib.placeOrder(trade.contract, new), trade)
-        except ConnectionError as exc:
-            raise CommandError(
-                Code.NOT_CONNECTED, f"modify_order: not connected ({exc}); nothing was sent"
-            ) from None
+        d.send("modify_order", lambda: d.ib.placeOrder(trade.contract, new), trade)
 
         def judge(kind: str, code: int, message: str) -> Judgement:
             if kind == "error":
-                if is_warning(code):
-                    return None
-                return CommandError(
-                    OrderCode.ORDER_REJECTED,
-                    f"modify_order: the broker refused the change to order {p.order_id}: [{code}] {message}",
-                    ib_code=code,
-                )
+                return _refusal("modify_order", f"refused the change to order {p.order_id}", code, message)
             return "ok" if kind == "open" or d.status_of(trade) in TERMINAL else None
 
         await d.wait("modify_order", p.order_id, judge, _timeout(p.timeout))
@@ -438,24 +421,13 @@ class Orders:
         d = self.desk(ctx.session, "cancel_order", writes=True)
         trade = d.trade_by_id(p.order_id)
         order = trade.order if trade is not None else Order(orderId=p.order_id, clientId=d.client_id)
-        try:
-            d.send(lambda: d.ib.cancelOrder(order), trade)
-        except ConnectionError as exc:
-            raise CommandError(
-                Code.NOT_CONNECTED, f"cancel_order: not connected ({exc}); nothing was sent"
-            ) from None
+        d.send("cancel_order", lambda: d.ib.cancelOrder(order), trade)
 
         def judge(kind: str, code: int, message: str) -> Judgement:
             if kind == "error":
                 if code == 202:
                     return "ok"
-                if is_warning(code):
-                    return None
-                return CommandError(
-                    OrderCode.ORDER_REJECTED,
-                    f"cancel_order: the broker refused to cancel order {p.order_id}: [{code}] {message}",
-                    ib_code=code,
-                )
+                return _refusal("cancel_order", f"refused to cancel order {p.order_id}", code, message)
             return "ok" if trade is not None and d.status_of(trade) in CANCELLED else None
 
         await d.wait("cancel_order", p.order_id, judge, _timeout(p.timeout))
@@ -541,3 +513,13 @@ def register(registry: Registry, emit: Emit) -> None:
     }
     for name, params in ORDER_COMMANDS.items():
         registry.add(name, params, handlers[name])
+
+
+def _refusal(command: str, what: str, code: int, message: str) -> CommandError | None:
+    """An error for an order command: a warning (399, 2109, ...) ends nothing; anything else is
+    the broker's refusal, with IB's code."""
+    if is_warning(code):
+        return None
+    return CommandError(
+        OrderCode.ORDER_REJECTED, f"{command}: the broker {what}: [{code}] {message}", ib_code=code
+    )

@@ -35,7 +35,7 @@ def desk() -> tuple[IB, OrderDesk, list[Event], Trade]:
         ib.wrapper.trades[(CID, OID)] = trade
         return trade
 
-    trade = d.send(place)
+    trade = d.send("place_order", place)
     return ib, d, events, trade
 
 
